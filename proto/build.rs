@@ -1,0 +1,33 @@
+//! Compiles every contract under `kz/` with protox (pure Rust, no `protoc` needed), writes
+//! the descriptor set (with comments, for reflection) and generates the tonic code.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+fn protos(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir).expect("read proto dir").flatten().collect();
+    entries.sort_by_key(|e| e.path());
+    for e in entries {
+        let p = e.path();
+        if p.is_dir() {
+            protos(&p, out);
+        } else if p.extension().is_some_and(|x| x == "proto") {
+            out.push(p);
+        }
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=kz");
+    let mut files = vec![];
+    protos(Path::new("kz"), &mut files);
+    let fds = protox::compile(&files, ["."])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("shep_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
