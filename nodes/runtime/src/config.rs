@@ -44,6 +44,20 @@ pub struct NodeConfig {
     pub limits: Limits,
 }
 
+impl NodeConfig {
+    /// A node of `system` listening on `listen`, with its files in a PKI directory made by
+    /// `shep pki init` (and default logging and limits).
+    pub fn from_pki_dir(system: &str, listen: SocketAddr, pki_dir: &Path) -> Self {
+        NodeConfig {
+            system: system.to_owned(),
+            listen,
+            tls: TlsConfig::from_pki_dir(pki_dir, system),
+            log: LogConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
 /// Mutual TLS: the node's own certificate and key, the CA that client certificates must
 /// chain to, and optionally the CA's CRL. All four are re-read when they change on disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
