@@ -105,9 +105,9 @@ pub fn grpcurl() -> PathBuf {
 
 /// Runs grpcurl with the certificate of `system`; `args` end with the address and, for a
 /// call, the method. Returns (success, stdout, stderr).
-pub fn run_grpcurl(pki: &TestPki, system: &str, args: &[&str]) -> (bool, String, String) {
+pub async fn run_grpcurl(pki: &TestPki, system: &str, args: &[&str]) -> (bool, String, String) {
     let p = pki.pki.paths(system);
-    let out = std::process::Command::new(grpcurl())
+    let out = tokio::process::Command::new(grpcurl())
         .arg("-cacert")
         .arg(pki.pki.ca_cert_path())
         .arg("-cert")
@@ -116,10 +116,59 @@ pub fn run_grpcurl(pki: &TestPki, system: &str, args: &[&str]) -> (bool, String,
         .arg(&p.key)
         .args(args)
         .output()
+        .await
         .expect("run grpcurl");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A KDP that refuses everything: enough to test reflection of a real contract.
+pub struct NoKdp;
+
+#[tonic::async_trait]
+impl shep_proto::kdp::consent_service_server::ConsentService for NoKdp {
+    async fn issue_token(
+        &self,
+        _: tonic::Request<shep_proto::kdp::IssueTokenRequest>,
+    ) -> Result<tonic::Response<shep_proto::kdp::IssueTokenResponse>, tonic::Status> {
+        Err(tonic::Status::failed_precondition("no consent"))
+    }
+    async fn get_public_key(
+        &self,
+        _: tonic::Request<shep_proto::kdp::GetPublicKeyRequest>,
+    ) -> Result<tonic::Response<shep_proto::kdp::GetPublicKeyResponse>, tonic::Status> {
+        Err(tonic::Status::unavailable("no key"))
+    }
+    async fn grant_consent(
+        &self,
+        _: tonic::Request<shep_proto::kdp::GrantConsentRequest>,
+    ) -> Result<tonic::Response<shep_proto::kdp::GrantConsentResponse>, tonic::Status> {
+        Err(tonic::Status::unavailable("read-only"))
+    }
+    async fn revoke_consent(
+        &self,
+        _: tonic::Request<shep_proto::kdp::RevokeConsentRequest>,
+    ) -> Result<tonic::Response<shep_proto::kdp::RevokeConsentResponse>, tonic::Status> {
+        Err(tonic::Status::unavailable("read-only"))
+    }
+    type StreamRevocationsStream =
+        futures::stream::Empty<Result<shep_proto::kdp::Revocation, tonic::Status>>;
+    async fn stream_revocations(
+        &self,
+        _: tonic::Request<shep_proto::kdp::StreamRevocationsRequest>,
+    ) -> Result<tonic::Response<Self::StreamRevocationsStream>, tonic::Status> {
+        Ok(tonic::Response::new(futures::stream::empty()))
+    }
+}
+
+
+/// A KDP node that refuses everything, serving a real contract with its descriptors.
+pub async fn no_kdp_node(pki: &TestPki) -> TestNode {
+    let b = NodeBuilder::new(pki.node_config("kdp"))
+        .add_service(shep_proto::kdp::consent_service_server::ConsentServiceServer::new(NoKdp))
+        .descriptor_set(shep_proto::FILE_DESCRIPTOR_SET);
+    TestNode::start(b).await
 }

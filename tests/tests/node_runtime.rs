@@ -207,7 +207,7 @@ async fn list_services_v1alpha(ch: tonic::transport::Channel) -> Vec<String> {
 async fn reflection_lists_the_node_services_in_v1_and_v1alpha() {
     let pki = TestPki::new();
     let b = shep_runtime::NodeBuilder::new(pki.node_config("kdp"))
-        .add_service(shep_proto::kdp::consent_service_server::ConsentServiceServer::new(NoKdp))
+        .add_service(shep_proto::kdp::consent_service_server::ConsentServiceServer::new(shep_tests::NoKdp))
         .descriptor_set(shep_proto::FILE_DESCRIPTOR_SET);
     let node = shep_tests::TestNode::start(b).await;
     for names in [
@@ -221,45 +221,6 @@ async fn reflection_lists_the_node_services_in_v1_and_v1alpha() {
         assert!(!names.iter().any(|n| n.contains("gbdfl")), "{names:?}");
     }
     node.stop().await;
-}
-
-/// A KDP that refuses everything: enough to test reflection of a real contract.
-struct NoKdp;
-
-#[tonic::async_trait]
-impl shep_proto::kdp::consent_service_server::ConsentService for NoKdp {
-    async fn issue_token(
-        &self,
-        _: tonic::Request<shep_proto::kdp::IssueTokenRequest>,
-    ) -> Result<tonic::Response<shep_proto::kdp::IssueTokenResponse>, tonic::Status> {
-        Err(tonic::Status::failed_precondition("no consent"))
-    }
-    async fn get_public_key(
-        &self,
-        _: tonic::Request<shep_proto::kdp::GetPublicKeyRequest>,
-    ) -> Result<tonic::Response<shep_proto::kdp::GetPublicKeyResponse>, tonic::Status> {
-        Err(tonic::Status::unavailable("no key"))
-    }
-    async fn grant_consent(
-        &self,
-        _: tonic::Request<shep_proto::kdp::GrantConsentRequest>,
-    ) -> Result<tonic::Response<shep_proto::kdp::GrantConsentResponse>, tonic::Status> {
-        Err(tonic::Status::unavailable("read-only"))
-    }
-    async fn revoke_consent(
-        &self,
-        _: tonic::Request<shep_proto::kdp::RevokeConsentRequest>,
-    ) -> Result<tonic::Response<shep_proto::kdp::RevokeConsentResponse>, tonic::Status> {
-        Err(tonic::Status::unavailable("read-only"))
-    }
-    type StreamRevocationsStream =
-        futures::stream::Empty<Result<shep_proto::kdp::Revocation, tonic::Status>>;
-    async fn stream_revocations(
-        &self,
-        _: tonic::Request<shep_proto::kdp::StreamRevocationsRequest>,
-    ) -> Result<tonic::Response<Self::StreamRevocationsStream>, tonic::Status> {
-        Ok(tonic::Response::new(futures::stream::empty()))
-    }
 }
 
 #[tokio::test]
