@@ -246,3 +246,24 @@ async fn missing_certificate_file_names_path_and_command() {
     assert!(msg.contains("nope.pem") && msg.contains("shep pki init"), "{msg}");
     let _ = Pki::open(pki.path()).unwrap();
 }
+
+#[tokio::test]
+async fn callers_outside_the_allow_list_are_refused_with_details() {
+    use tonic_types::StatusExt;
+    let pki = TestPki::new();
+    let mut cfg = pki.node_config("gbd-fl");
+    cfg.allowed_callers = vec!["bus".into(), "operator".into()];
+    let node = shep_tests::TestNode::start(
+        shep_runtime::NodeBuilder::new(cfg).add_service(shep_tests::echo::EchoServer),
+    )
+    .await;
+    assert_eq!(who_am_i(pki.channel("bus", node.addr), 0).await.unwrap().system, "bus");
+    assert_eq!(who_am_i(pki.channel("operator", node.addr), 0).await.unwrap().system, "operator");
+    let err = who_am_i(pki.channel("sdu", node.addr), 0).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let info = err.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "CALLER_NOT_ALLOWED");
+    assert_eq!(info.domain, "shep.kz");
+    assert_eq!(info.metadata.get("caller").map(String::as_str), Some("sdu"));
+    node.stop().await;
+}

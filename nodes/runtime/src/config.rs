@@ -42,6 +42,10 @@ pub struct NodeConfig {
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Systems allowed to call this node (by certificate); empty allows every system whose
+    /// certificate chains to the CA. Registries behind the bus allow `["bus", "operator"]`.
+    #[serde(default)]
+    pub allowed_callers: Vec<String>,
 }
 
 impl NodeConfig {
@@ -54,6 +58,7 @@ impl NodeConfig {
             tls: TlsConfig::from_pki_dir(pki_dir, system),
             log: LogConfig::default(),
             limits: Limits::default(),
+            allowed_callers: vec![],
         }
     }
 }

@@ -95,3 +95,63 @@ where
         self.inner.call(req)
     }
 }
+
+/// Tower layer that refuses callers not in a list (PERMISSION_DENIED, reason
+/// `CALLER_NOT_ALLOWED`). An empty list allows every authenticated system. The registries
+/// of a topology allow only the bus and the `operator` identity.
+#[derive(Debug, Clone, Default)]
+pub struct AllowCallersLayer {
+    allowed: std::sync::Arc<Vec<String>>,
+}
+
+impl AllowCallersLayer {
+    pub fn new(allowed: Vec<String>) -> Self {
+        AllowCallersLayer { allowed: std::sync::Arc::new(allowed) }
+    }
+}
+
+impl<S> tower::Layer<S> for AllowCallersLayer {
+    type Service = AllowCallers<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AllowCallers { inner, allowed: self.allowed.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AllowCallers<S> {
+    inner: S,
+    allowed: std::sync::Arc<Vec<String>>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for AllowCallers<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::Either<futures::future::Ready<Result<S::Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if self.allowed.is_empty() {
+            return futures::future::Either::Right(self.inner.call(req));
+        }
+        let caller = req.extensions().get::<Caller>().map(|c| c.system.as_str().to_owned());
+        match caller {
+            Some(c) if self.allowed.iter().any(|a| *a == c) => futures::future::Either::Right(self.inner.call(req)),
+            other => {
+                let who = other.unwrap_or_else(|| "(no system in certificate)".into());
+                let status = crate::status::error(
+                    tonic::Code::PermissionDenied,
+                    format!("{who} may not call this node directly; call it through the bus"),
+                    "CALLER_NOT_ALLOWED",
+                    [("caller", who.clone()), ("allowed", self.allowed.join(","))],
+                );
+                futures::future::Either::Left(futures::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}

@@ -21,7 +21,7 @@ pub mod status;
 pub mod tls;
 
 pub use config::{ConfigError, LogConfig, NodeConfig, TlsConfig};
-pub use identity::{Caller, PeerIdentityLayer};
+pub use identity::{AllowCallersLayer, Caller, PeerIdentityLayer};
 pub use node::{NodeBuilder, RunningNode, Shutdown};
 
 /// Installs the one rustls crypto provider of the process (aws-lc-rs). Idempotent; call

@@ -19,7 +19,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::NodeConfig;
-use crate::identity::PeerIdentityLayer;
+use crate::identity::{AllowCallersLayer, PeerIdentityLayer};
 use crate::incoming::tls_incoming;
 use crate::tls::{ReloadingServerConfig, TlsError};
 
@@ -194,6 +194,7 @@ impl NodeBuilder {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(PeerIdentityLayer)
+            .layer(AllowCallersLayer::new(config.allowed_callers.clone()))
             .add_routes(routes.routes());
 
         let sd = shutdown.clone();
