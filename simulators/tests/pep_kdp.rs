@@ -1,0 +1,287 @@
+//! KDP (consents, tokens, revocations) and PEP (SMS through BMG with a KDP token, answers)
+//! over real mutual-TLS sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, collect, reason, violations};
+use shep_consent::Verifier;
+use shep_proto::kdp::consent_service_client::ConsentServiceClient;
+use shep_proto::kdp::{
+    GetPublicKeyRequest, GrantConsentRequest, IssueTokenRequest, RevokeConsentRequest, StreamRevocationsRequest,
+};
+use shep_proto::pep::portal_client::PortalClient;
+use shep_proto::pep::{Language, ListOutboxRequest, NotifyOutcome, NotifyRequest, StreamAnswersRequest};
+use shep_proto::sim::scenario_client::ScenarioClient;
+use shep_proto::sim::{AdvanceClockRequest, SetCitizenAnswerRequest, SetConsentRequest};
+use shep_simulators::{Clock, Registry, Simulation};
+use tonic::Code;
+
+const SCOPE: &str = "gbdfl.person.read";
+
+fn person_where(h: &Harness, f: impl Fn(u32) -> bool) -> String {
+    let c = h.sim.country();
+    let p = (0..c.persons().len() as u32).find(|&i| f(i)).expect("such a person");
+    c.persons()[p as usize].iin.to_string()
+}
+
+#[tokio::test]
+async fn kdp_refuses_without_consent_and_signs_verifiable_tokens() {
+    let h = Harness::start().await;
+    let c = h.sim.country();
+    let mut kdp = ConsentServiceClient::new(h.channel(Registry::Kdp, "sdu"));
+    let refuser = person_where(&h, |p| c.base_consent(p, "sdu", SCOPE).is_none());
+    let e = kdp
+        .issue_token(IssueTokenRequest { subject: refuser.clone(), consumer: "sdu".into(), scope: SCOPE.into() })
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), reason(&e)), (Code::FailedPrecondition, "NO_CONSENT".to_string()));
+
+    let consenting = person_where(&h, |p| c.base_consent(p, "sdu", SCOPE).is_some());
+    let issued = kdp
+        .issue_token(IssueTokenRequest { subject: consenting.clone(), consumer: "sdu".into(), scope: SCOPE.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let key = kdp.get_public_key(GetPublicKeyRequest {}).await.unwrap().into_inner();
+    assert_eq!(key.algorithm, "Ed25519");
+    let claims = Verifier::new(key.public_key.clone()).verify(&issued.token).expect("the token verifies");
+    assert_eq!(claims.key_id, key.key_id);
+    assert_eq!(claims.subject, consenting);
+    let now = h.sim.now();
+    assert_eq!(claims.check(&consenting, "sdu", SCOPE, now), Ok(()));
+    assert_eq!(claims.expires_at - claims.issued_at, 3600);
+
+    // Same seed, same key: tokens verify across restarts.
+    let again = Simulation::try_new(common::small(), Clock::manual()).unwrap();
+    assert_eq!(again.signer().public_key(), key.public_key);
+
+    let e = kdp
+        .issue_token(IssueTokenRequest { subject: "1".into(), consumer: "sdu".into(), scope: SCOPE.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&e), vec!["subject".to_string()]);
+    let e = kdp
+        .issue_token(IssueTokenRequest { subject: consenting, consumer: String::new(), scope: SCOPE.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&e), vec!["consumer".to_string()]);
+}
+
+#[tokio::test]
+async fn kdp_revocations_stream_and_resume() {
+    let h = Harness::start().await;
+    let c = h.sim.country();
+    let mut kdp = ConsentServiceClient::new(h.channel(Registry::Kdp, "operator"));
+    let subject = person_where(&h, |p| c.base_consent(p, "sdu", SCOPE).is_some());
+    let token = kdp
+        .issue_token(IssueTokenRequest { subject: subject.clone(), consumer: "sdu".into(), scope: SCOPE.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let token_id = token.claims.unwrap().token_id;
+
+    let mut follow = kdp
+        .stream_revocations(StreamRevocationsRequest { cursor: String::new(), follow: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let revoked = kdp
+        .revoke_consent(RevokeConsentRequest { subject: subject.clone(), consumer: "sdu".into(), scope: SCOPE.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(revoked.revoked && revoked.revoked_at.is_some());
+    let r = tokio::time::timeout(Duration::from_secs(10), follow.message()).await.expect("in time").unwrap().unwrap();
+    assert_eq!(r.subject, subject);
+    assert_eq!(r.token_ids, vec![token_id]);
+
+    let again = kdp
+        .revoke_consent(RevokeConsentRequest { subject: subject.clone(), consumer: "sdu".into(), scope: SCOPE.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.revoked);
+    let e = kdp
+        .issue_token(IssueTokenRequest { subject: subject.clone(), consumer: "sdu".into(), scope: SCOPE.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "NO_CONSENT");
+
+    let rest = collect(
+        kdp.stream_revocations(StreamRevocationsRequest { cursor: r.cursor.clone(), follow: false })
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert!(rest.is_empty());
+    let all = collect(
+        kdp.stream_revocations(StreamRevocationsRequest { cursor: String::new(), follow: false })
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(all, vec![r]);
+    let e = kdp.stream_revocations(StreamRevocationsRequest { cursor: "x".into(), follow: false }).await.unwrap_err();
+    assert_eq!(violations(&e), vec!["cursor".to_string()]);
+
+    // Granting again, with an end: tokens never outlive the consent.
+    let until = prost_types::Timestamp { seconds: h.sim.now() + 600, nanos: 0 };
+    kdp.grant_consent(GrantConsentRequest {
+        subject: subject.clone(),
+        consumer: "sdu".into(),
+        scope: SCOPE.into(),
+        valid_until: Some(until),
+    })
+    .await
+    .unwrap();
+    let t = kdp
+        .issue_token(IssueTokenRequest { subject, consumer: "sdu".into(), scope: SCOPE.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(t.claims.unwrap().expires_at, Some(until));
+}
+
+#[tokio::test]
+async fn pep_no_phone_sent_idempotent_and_answers_after_the_clock_moves() {
+    let h = Harness::start().await;
+    let c = h.sim.country();
+    let mut pep = PortalClient::new(h.channel(Registry::Pep, "sdu"));
+    let mut scenario = ScenarioClient::new(h.channel(Registry::Pep, "operator"));
+    let consents = |p: u32| c.base_consent(p, "pep", "bmg.phone.read").is_some();
+
+    let phoneless = person_where(&h, |p| c.phone_of(p).is_none() && consents(p));
+    let notify = |iin: &str, case: &str| NotifyRequest {
+        case_id: case.into(),
+        attempt: 1,
+        iin: iin.into(),
+        pilot_id: "sez-000".into(),
+        permit_numbers: vec!["KZ02SEO00000001".into()],
+        holder_bin: String::new(),
+        holder_name: "Ахметова Айгүл".into(),
+        language: 0,
+        text: String::new(),
+    };
+    let r = pep.notify(notify(&phoneless, "case-0")).await.unwrap().into_inner();
+    assert_eq!(r.outcome, NotifyOutcome::NoPhone as i32);
+    assert!(r.sms_id.is_empty());
+
+    let with_phone = person_where(&h, |p| c.phone_of(p).is_some() && consents(p));
+    let applied = scenario
+        .set_citizen_answer(SetCitizenAnswerRequest {
+            iin: with_phone.clone(),
+            answer: "1".into(),
+            delay_seconds: 3600,
+            no_answer: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(applied.applied);
+    let mut follow =
+        pep.stream_answers(StreamAnswersRequest { cursor: String::new(), follow: true }).await.unwrap().into_inner();
+
+    let sent = pep.notify(notify(&with_phone, "case-1")).await.unwrap().into_inner();
+    assert_eq!(sent.outcome, NotifyOutcome::Sent as i32);
+    assert!(!sent.replayed && !sent.sms_id.is_empty());
+    let replay = pep.notify(notify(&with_phone, "case-1")).await.unwrap().into_inner();
+    assert!(replay.replayed);
+    assert_eq!(replay.sms_id, sent.sms_id);
+    let outbox =
+        collect(pep.list_outbox(ListOutboxRequest { cursor: String::new(), limit: 0 }).await.unwrap().into_inner())
+            .await;
+    assert_eq!(outbox.len(), 1, "sent once");
+    assert!(outbox[0].text.contains("цифру 1") && outbox[0].text.contains("KZ02SEO00000001"));
+    assert_eq!(outbox[0].language, Language::Ru as i32);
+    let e =
+        pep.notify(NotifyRequest { text: "другой текст".into(), ..notify(&with_phone, "case-1") }).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+
+    let none = collect(
+        pep.stream_answers(StreamAnswersRequest { cursor: String::new(), follow: false }).await.unwrap().into_inner(),
+    )
+    .await;
+    assert!(none.is_empty(), "no answer before its time");
+    scenario.advance_clock(AdvanceClockRequest { seconds: 3599 }).await.unwrap();
+    let none = collect(
+        pep.stream_answers(StreamAnswersRequest { cursor: String::new(), follow: false }).await.unwrap().into_inner(),
+    )
+    .await;
+    assert!(none.is_empty());
+    scenario.advance_clock(AdvanceClockRequest { seconds: 1 }).await.unwrap();
+    let a = tokio::time::timeout(Duration::from_secs(10), follow.message()).await.expect("in time").unwrap().unwrap();
+    assert_eq!(
+        (a.case_id.as_str(), a.attempt, a.text.as_str(), a.sms_id.as_str()),
+        ("case-1", 1, "1", sent.sms_id.as_str())
+    );
+    assert_eq!(a.received_at.unwrap().seconds - sent.sent_at.unwrap().seconds, 3600);
+    let after = collect(
+        pep.stream_answers(StreamAnswersRequest { cursor: a.cursor.clone(), follow: false })
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await;
+    assert!(after.is_empty());
+
+    // Kazakh text for the trusted-software pilot.
+    let kk = pep
+        .notify(NotifyRequest { pilot_id: "trusted-sw-004".into(), attempt: 2, ..notify(&with_phone, "case-1") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kk.outcome, NotifyOutcome::Sent as i32);
+    let outbox = collect(
+        pep.list_outbox(ListOutboxRequest { cursor: outbox[0].cursor.clone(), limit: 0 }).await.unwrap().into_inner(),
+    )
+    .await;
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].language, Language::Kk as i32);
+    assert!(outbox[0].text.contains("1 санын"));
+
+    let e = pep.notify(NotifyRequest { attempt: 0, ..notify(&with_phone, "case-2") }).await.unwrap_err();
+    assert_eq!(violations(&e), vec!["attempt".to_string()]);
+    let e =
+        pep.notify(NotifyRequest { pilot_id: "unknown".into(), ..notify(&with_phone, "case-2") }).await.unwrap_err();
+    assert_eq!(violations(&e), vec!["text".to_string()]);
+}
+
+#[tokio::test]
+async fn pep_needs_the_citizens_consent_for_reading_the_phone() {
+    let h = Harness::start().await;
+    let c = h.sim.country();
+    let mut pep = PortalClient::new(h.channel(Registry::Pep, "sdu"));
+    let iin = person_where(&h, |p| c.phone_of(p).is_some() && c.base_consent(p, "pep", "bmg.phone.read").is_some());
+    let mut kdp_scenario = ScenarioClient::new(h.channel(Registry::Kdp, "operator"));
+    let r = kdp_scenario
+        .set_consent(SetConsentRequest {
+            subject: iin.clone(),
+            consumer: "pep".into(),
+            scope: "*".into(),
+            granted: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.applied);
+    let req = NotifyRequest { case_id: "c".into(), attempt: 1, iin, text: "Текст".into(), ..Default::default() };
+    let e = pep.notify(req.clone()).await.unwrap_err();
+    assert_eq!((e.code(), reason(&e)), (Code::FailedPrecondition, "NO_CONSENT".to_string()));
+    // A refusal is not recorded: once consent is given, the same call sends.
+    kdp_scenario
+        .set_consent(SetConsentRequest {
+            subject: req.iin.clone(),
+            consumer: "pep".into(),
+            scope: "bmg.phone.read".into(),
+            granted: true,
+        })
+        .await
+        .unwrap();
+    let r = pep.notify(req).await.unwrap().into_inner();
+    assert_eq!(r.outcome, NotifyOutcome::Sent as i32);
+    assert!(!r.replayed);
+}
