@@ -29,6 +29,7 @@ pub struct Simulation {
     faults: Faults,
     signer: Signer,
     changes: Arc<watch::Sender<u64>>,
+    closing: watch::Sender<bool>,
     notify_locks: Mutex<NotifyLocks>,
 }
 
@@ -102,6 +103,7 @@ impl Simulation {
             clock,
             state: Mutex::new(State::default()),
             changes,
+            closing: watch::channel(false).0,
             notify_locks: Mutex::new(HashMap::new()),
         })
     }
@@ -151,6 +153,18 @@ impl Simulation {
     /// Announces a change to streams that follow (answers, revocations).
     pub fn announce(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Ends every following stream (answers, revocations), so that a node shutting down
+    /// does not wait for its grace period on streams that would never end.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Simulation::close_streams`] was called.
+    pub async fn closed(&self) {
+        let mut rx = self.closing.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     /// A receiver of change announcements (state changes and clock moves).

@@ -95,6 +95,7 @@ where
             tokio::select! {
                 r = changes.changed() => if r.is_err() { return },
                 _ = tx.closed() => return,
+                _ = sim.closed() => return,
                 _ = tick => {}
             }
         }
