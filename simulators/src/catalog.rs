@@ -175,8 +175,6 @@ pub fn service_by_letters(letters: &str) -> Option<u8> {
 pub struct Pilot {
     /// The id PEP knows it by ("sez-000").
     pub id: &'static str,
-    /// The id SDU's contract uses for it ("sanepid-2026"); accepted as well.
-    pub alias: &'static str,
     /// The services it covers.
     pub services: &'static [&'static str],
     /// Whether individuals are covered (000) or organizations only.
@@ -200,7 +198,6 @@ pub const SMS_004: &str = "Құрметті көрсетілетін қызме�
 pub const PILOTS: [Pilot; 3] = [
     Pilot {
         id: "sez-000",
-        alias: "sanepid-2026",
         services: &[SEZ_OBJ, SEZ_PROJ, SEZ_PRODUCT, SEZ_ACTIVITY],
         individuals: true,
         lang: Lang::Ru,
@@ -208,7 +205,6 @@ pub const PILOTS: [Pilot; 3] = [
     },
     Pilot {
         id: "eco-001",
-        alias: "eco-2025",
         services: &[ECO_I, ECO_II],
         individuals: false,
         lang: Lang::Ru,
@@ -216,7 +212,6 @@ pub const PILOTS: [Pilot; 3] = [
     },
     Pilot {
         id: "trusted-sw-004",
-        alias: "trusted-software-2025",
         services: &[TRUSTED_SW],
         individuals: false,
         lang: Lang::Kk,
@@ -226,7 +221,7 @@ pub const PILOTS: [Pilot; 3] = [
 
 /// The pilot of an id or alias.
 pub fn pilot(id: &str) -> Option<&'static Pilot> {
-    PILOTS.iter().find(|p| p.id == id || p.alias == id)
+    PILOTS.iter().find(|p| p.id == id)
 }
 
 /// Whether a service (by index) is covered by some pilot.
@@ -290,7 +285,6 @@ mod tests {
         }
         for p in PILOTS {
             assert_eq!(pilot(p.id).map(|x| x.id), Some(p.id));
-            assert_eq!(pilot(p.alias).map(|x| x.id), Some(p.id));
             for code in p.services {
                 let i = service_index(code).unwrap();
                 assert!(is_pilot_service(i));
