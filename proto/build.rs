@@ -3,8 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use prost::Message;
-
 fn protos(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir).expect("read proto dir").flatten().collect();
     entries.sort_by_key(|e| e.path());
@@ -22,9 +20,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=kz");
     let mut files = vec![];
     protos(Path::new("kz"), &mut files);
-    let fds = protox::compile(&files, ["."])?;
+    let mut compiler = protox::Compiler::new(["."])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(&files)?;
+    // Encoded by protox itself: prost_types would drop the custom options
+    // (`kz.shep.v1.personal_data`, `identifier`) that the bus reads at start-up.
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("shep_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(out.join("shep_descriptor.bin"), compiler.encode_file_descriptor_set())?;
+    let fds = compiler.file_descriptor_set();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

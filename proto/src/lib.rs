@@ -111,6 +111,18 @@ mod tests {
     }
 
     #[test]
+    fn descriptor_set_keeps_the_custom_options() {
+        // prost_types drops unknown extensions; the raw bytes must still carry the
+        // `personal_data` option (field 51001) on GetPerson's MethodOptions. Look for the
+        // option's key bytes: field 51001, wire type 2 → varint 0xCA 0xF3 0x18.
+        let key = [0xCA, 0xF3, 0x18];
+        assert!(
+            super::FILE_DESCRIPTOR_SET.windows(3).any(|w| w == key),
+            "the personal_data option is missing from FILE_DESCRIPTOR_SET"
+        );
+    }
+
+    #[test]
     fn every_enum_starts_with_unspecified() {
         let fds = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).unwrap();
         fn check(e: &prost_types::EnumDescriptorProto) {

@@ -267,3 +267,28 @@ async fn callers_outside_the_allow_list_are_refused_with_details() {
     assert_eq!(info.metadata.get("caller").map(String::as_str), Some("sdu"));
     node.stop().await;
 }
+
+#[tokio::test]
+async fn streams_that_never_end_are_cut_after_the_grace_period() {
+    let pki = TestPki::new();
+    let mut cfg = pki.node_config("gbd-fl");
+    cfg.limits.shutdown_grace_ms = 300;
+    let node = shep_tests::TestNode::start(shep_runtime::NodeBuilder::new(cfg).add_service(shep_tests::echo::EchoServer)).await;
+    // Health/Watch is a server stream that only ends when the server goes away.
+    let mut watch = HealthClient::new(pki.channel("sdu", node.addr))
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+    node.shutdown.trigger();
+    // The node stops (within its grace period) and the stream ends, with NOT_SERVING or an
+    // error, instead of keeping the node alive.
+    let stop = tokio::time::timeout(Duration::from_secs(10), node.stop());
+    let drain = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = watch.next().await {}
+    });
+    let (stopped, drained) = tokio::join!(stop, drain);
+    stopped.expect("node stopped");
+    drained.expect("the open stream ended");
+}

@@ -18,10 +18,22 @@ use crate::identity::{Caller, PeerInfo};
 use crate::node::Shutdown;
 use crate::tls::ReloadingServerConfig;
 
-/// A TLS connection whose peer was authenticated at the handshake.
+/// A TLS connection whose peer was authenticated at the handshake. It fails every read
+/// and write once the node cuts its connections (the shutdown grace period ran out), so
+/// that no connection outlives its node.
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,
     info: PeerInfo,
+    cut: futures::future::BoxFuture<'static, ()>,
+}
+
+impl TlsConn {
+    fn check_cut(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.cut.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "node shut down")),
+            Poll::Pending => Ok(()),
+        }
+    }
 }
 
 impl Connected for TlsConn {
@@ -33,12 +45,14 @@ impl Connected for TlsConn {
 
 impl AsyncRead for TlsConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.check_cut(cx)?;
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.check_cut(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -52,6 +66,7 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.check_cut(cx)?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -67,6 +82,7 @@ pub fn tls_incoming(
     tls: ReloadingServerConfig,
     handshake_timeout: Duration,
     shutdown: Shutdown,
+    cut: Shutdown,
 ) -> (ReceiverStream<Result<TlsConn, io::Error>>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(128);
     let task = tokio::spawn(async move {
@@ -87,6 +103,7 @@ pub fn tls_incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
             let tx = tx.clone();
+            let cut = cut.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
@@ -97,7 +114,8 @@ pub fn tls_incoming(
                             .peer_certificates()
                             .and_then(|c| c.first())
                             .and_then(|c| Caller::from_der(c));
-                        let conn = TlsConn { inner: stream, info: PeerInfo { tls: tls_info, caller } };
+                        let cut = Box::pin(async move { cut.wait().await });
+                        let conn = TlsConn { inner: stream, info: PeerInfo { tls: tls_info, caller }, cut };
                         let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake refused"),

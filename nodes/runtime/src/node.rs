@@ -183,11 +183,15 @@ impl NodeBuilder {
         routes.add_service(v1alpha.build_v1alpha().map_err(refl_err)?);
 
         let watcher = tls.spawn_watcher();
+        // Triggered when the grace period after the shutdown signal runs out: every
+        // connection still open fails its next read or write.
+        let cut = Shutdown::new();
         let (incoming, acceptor) = tls_incoming(
             listener,
             tls,
             Duration::from_millis(config.tls.handshake_timeout_ms),
             shutdown.clone(),
+            cut.clone(),
         );
         let grace = Duration::from_millis(config.limits.shutdown_grace_ms);
         let server = tonic::transport::Server::builder()
@@ -211,17 +215,18 @@ impl NodeBuilder {
         let sd = shutdown.clone();
         let task = tokio::spawn(async move {
             let serve = server.serve_with_incoming_shutdown(incoming, signal);
-            let cut = async {
+            let cut_after_grace = async {
                 sd.wait().await;
                 tokio::time::sleep(grace).await;
             };
             let res = tokio::select! {
                 r = serve => r.map_err(|e| NodeError::Serve { system: sys.clone(), why: e.to_string() }),
-                _ = cut => {
+                _ = cut_after_grace => {
                     tracing::warn!(system = %sys, grace_ms = grace.as_millis() as u64, "in-flight calls did not finish within the grace period; cutting them");
                     Ok(())
                 }
             };
+            cut.trigger();
             watcher.abort();
             acceptor.abort();
             res
