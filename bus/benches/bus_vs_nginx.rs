@@ -1,0 +1,544 @@
+//! The bus against a plain gRPC reverse proxy.
+//!
+//! One load — GBD FL `GetPerson` with a valid KDP consent token per call, at a fixed
+//! concurrency over one mutual-TLS HTTP/2 connection — against three targets:
+//!
+//! - (a) **direct**: straight to a test GBD FL upstream;
+//! - (b) **bus**: through the bus, with every check (identity, access, identifiers, consent
+//!   with signature and revocations) and the audit log (group commit, `synchronous=FULL`);
+//! - (c) **nginx**: through nginx with `grpc_pass grpcs://` and `ssl_verify_client on`
+//!   (installed with `apt-get install -y nginx` when missing, run as a child process with
+//!   `-p`/`-c` and `daemon off`; reported as unavailable when it cannot be installed).
+//!
+//! Prints calls/s, p50, p99, CPU seconds per 10k calls (this process — client, upstream and
+//! bus — from `/proc/self/stat`; nginx's master and workers from theirs) and the ratios to
+//! (a) and (c). Takes about a minute. Knobs: `SHEP_BENCH_CONCURRENCY` (32),
+//! `SHEP_BENCH_SECONDS` (10), `SHEP_BENCH_WARMUP` (2), `SHEP_BENCH_AUDIT_SYNC` (`full`, or
+//! `normal` to see what the fsync of each audit batch costs), `SHEP_BENCH_ONLY` (`a`, `b`
+//! or `c`: one target, for profiling).
+//!
+//! Run: `cargo bench -p shep-bus --bench bus_vs_nginx`.
+
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use shep_proto::gbdfl::{self, person_registry_client::PersonRegistryClient};
+use tonic::transport::Channel;
+
+fn env_u64(k: &str, d: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+/// CPU seconds (user + system) of a process, from `/proc/PID/stat`.
+fn cpu_of(stat_path: &Path) -> Option<f64> {
+    let s = std::fs::read_to_string(stat_path).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clk_tck())
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn ppid_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU seconds of a process and its children (nginx's master and workers).
+fn cpu_tree(pid: u32) -> f64 {
+    let mut total = cpu_of(Path::new(&format!("/proc/{pid}/stat"))).unwrap_or(0.0);
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            if let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+                && ppid_of(child) == Some(pid)
+            {
+                total += cpu_of(&e.path().join("stat")).unwrap_or(0.0);
+            }
+        }
+    }
+    total
+}
+
+fn cpu_self() -> f64 {
+    cpu_of(Path::new("/proc/self/stat")).unwrap_or(0.0)
+}
+
+struct Stats {
+    calls: u64,
+    errors: u64,
+    secs: f64,
+    p50: Duration,
+    p99: Duration,
+    cpu_self: f64,
+    cpu_other: Option<f64>,
+}
+
+impl Stats {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.secs
+    }
+    fn cpu_total_per_10k(&self) -> f64 {
+        (self.cpu_self + self.cpu_other.unwrap_or(0.0)) * 10_000.0 / self.calls.max(1) as f64
+    }
+    fn cpu_self_per_10k(&self) -> f64 {
+        self.cpu_self * 10_000.0 / self.calls.max(1) as f64
+    }
+}
+
+/// Runs the load on `ch` and measures after the warm-up.
+async fn load(
+    ch: Channel,
+    subjects: Arc<Vec<(String, String)>>,
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+    other_pid: Option<u32>,
+) -> Result<Stats, String> {
+    // One probe first: a target that refuses the load is reported, not measured.
+    let (iin, tok) = &subjects[0];
+    PersonRegistryClient::new(ch.clone())
+        .get_person(harness::with_tokens(
+            gbdfl::GetPersonRequest { iin: iin.clone() },
+            &[tok],
+        ))
+        .await
+        .map_err(|e| format!("probe call failed: {:?} {}", e.code(), e.message()))?;
+    let start = Instant::now() + warmup;
+    let end = start + measure;
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = vec![];
+    for t in 0..concurrency {
+        let ch = ch.clone();
+        let subjects = subjects.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = PersonRegistryClient::new(ch);
+            let mut lat = Vec::with_capacity(64 * 1024);
+            let mut i = t;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let (iin, tok) = &subjects[i % subjects.len()];
+                i += concurrency;
+                let r = c
+                    .get_person(harness::with_tokens(
+                        gbdfl::GetPersonRequest { iin: iin.clone() },
+                        &[tok],
+                    ))
+                    .await;
+                let t1 = Instant::now();
+                if t0 >= start && t1 <= end {
+                    match r {
+                        Ok(_) => lat.push((t1 - t0).as_micros() as u32),
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep_until(start.into()).await;
+    let (s0, o0) = (cpu_self(), other_pid.map(cpu_tree));
+    tokio::time::sleep_until(end.into()).await;
+    let (s1, o1) = (cpu_self(), other_pid.map(cpu_tree));
+    let mut lat = vec![];
+    for t in tasks {
+        lat.extend(t.await.map_err(|e| e.to_string())?);
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        Duration::from_micros(
+            lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+                .copied()
+                .unwrap_or(0) as u64,
+        )
+    };
+    Ok(Stats {
+        calls: lat.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        secs: measure.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        cpu_self: s1 - s0,
+        cpu_other: o0.zip(o1).map(|(a, b)| b - a),
+    })
+}
+
+fn nginx_binary() -> Option<PathBuf> {
+    for p in ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"] {
+        if Path::new(p).exists() {
+            return Some(PathBuf::from(p));
+        }
+    }
+    None
+}
+
+/// Finds nginx, installing it with apt-get when missing (the package's service is kept from
+/// starting with a temporary `policy-rc.d`).
+fn ensure_nginx() -> Result<PathBuf, String> {
+    if let Some(p) = nginx_binary() {
+        return Ok(p);
+    }
+    eprintln!("nginx is missing: apt-get install -y nginx ...");
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let placed = !policy.exists() && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok();
+    if placed {
+        let _ = Command::new("chmod").arg("755").arg(policy).status();
+    }
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+    };
+    let mut out = apt(&["install", "-y", "-q", "nginx"]);
+    if !out.as_ref().is_ok_and(|o| o.status.success()) {
+        let _ = apt(&["update", "-q"]);
+        out = apt(&["install", "-y", "-q", "nginx"]);
+    }
+    if placed {
+        let _ = std::fs::remove_file(policy);
+    }
+    match (out, nginx_binary()) {
+        (_, Some(p)) => Ok(p),
+        (Ok(o), None) => Err(format!(
+            "apt-get install nginx failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim()
+        )),
+        (Err(e), None) => Err(format!("cannot run apt-get: {e}")),
+    }
+}
+
+struct Nginx {
+    child: Child,
+    bin: PathBuf,
+    prefix: PathBuf,
+    conf: PathBuf,
+    port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.bin)
+            .arg("-p")
+            .arg(&self.prefix)
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-e")
+            .arg(self.prefix.join("error.log"))
+            .args(["-s", "quit"])
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts nginx proxying gRPC to `upstream_port` with mutual TLS on both sides.
+async fn start_nginx(pki: &Path, prefix: &Path, upstream_port: u16) -> Result<Nginx, String> {
+    let bin = ensure_nginx()?;
+    std::fs::create_dir_all(prefix.join("tmp")).map_err(|e| e.to_string())?;
+    let port = harness::dead_port().await;
+    let p = |n: &str| pki.join(n).display().to_string();
+    let d = prefix.display();
+    let conf = format!(
+        r#"daemon off;
+worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    upstream gbdfl {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl http2;
+        ssl_protocols TLSv1.3;
+        ssl_certificate {bus_pem};
+        ssl_certificate_key {bus_key};
+        ssl_client_certificate {ca};
+        ssl_crl {crl};
+        ssl_verify_client on;
+        http2_max_concurrent_streams 1024;
+        location / {{
+            grpc_pass grpcs://gbdfl;
+            grpc_ssl_certificate {bus_pem};
+            grpc_ssl_certificate_key {bus_key};
+            grpc_ssl_trusted_certificate {ca};
+            grpc_ssl_verify on;
+            grpc_ssl_name localhost;
+            grpc_ssl_protocols TLSv1.3;
+            grpc_ssl_session_reuse on;
+            grpc_set_header x-shep-caller $ssl_client_s_dn;
+        }}
+    }}
+}}
+"#,
+        bus_pem = p("bus.pem"),
+        bus_key = p("bus.key"),
+        ca = p("ca.pem"),
+        crl = p("crl.pem"),
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
+    let child = Command::new(&bin)
+        .arg("-p")
+        .arg(prefix)
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-e")
+        .arg(prefix.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let mut ng = Nginx {
+        child,
+        bin,
+        prefix: prefix.to_owned(),
+        conf: conf_path,
+        port,
+    };
+    for _ in 0..100 {
+        if let Ok(Some(st)) = ng.child.try_wait() {
+            let log = std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default();
+            return Err(format!(
+                "nginx exited ({st}): {}",
+                log.lines().last().unwrap_or("").trim()
+            ));
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(ng);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err("nginx did not listen within 5 s".into())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let concurrency = env_u64("SHEP_BENCH_CONCURRENCY", 32) as usize;
+    let measure = Duration::from_secs(env_u64("SHEP_BENCH_SECONDS", 10));
+    let warmup = Duration::from_secs(env_u64("SHEP_BENCH_WARMUP", 2));
+    let w = harness::World::start(|s| {
+        s.limits.default = shep_bus::config::CallerLimits {
+            requests_per_second: 0.0,
+            burst: 1,
+            max_concurrent: 0,
+        };
+        s.upstream.health_interval_ms = 3000;
+        if std::env::var("SHEP_BENCH_AUDIT_SYNC").is_ok_and(|v| v == "normal") {
+            s.audit.synchronous = shep_bus::config::Synchronous::Normal;
+        }
+    })
+    .await;
+    w.consent_ready().await;
+    let subjects: Vec<(String, String)> = (1u16..)
+        .filter_map(|s| shep_domain::Iin::from_parts(1990, 5, 15, shep_domain::Sex::Male, s))
+        .take(1000)
+        .map(|i| {
+            let i = i.to_string();
+            let (_, tok) = w.token(&i, "sdu", "gbdfl.person.read", 3600);
+            (i, tok)
+        })
+        .collect();
+    let subjects = Arc::new(subjects);
+    let gbdfl_endpoint = w.settings.systems["gbd-fl"].endpoint.clone().unwrap();
+    let gbdfl_port: u16 = gbdfl_endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let sdu_tls = shep_runtime::TlsConfig::from_pki_dir(w.dir.path(), "sdu");
+    println!(
+        "GBD FL GetPerson with a consent token per call; {concurrency} concurrent calls on one mTLS HTTP/2 connection; \
+         warm-up {}s, measured {}s per target",
+        warmup.as_secs(),
+        measure.as_secs()
+    );
+
+    // SHEP_BENCH_ONLY=a|b|c runs one target (for profiling).
+    let only = std::env::var("SHEP_BENCH_ONLY").unwrap_or_default();
+    let run_it = |t: &str| only.is_empty() || only == t;
+    let skipped = || Err::<Stats, String>("skipped (SHEP_BENCH_ONLY)".into());
+    eprintln!("(a) direct ...");
+    let direct = if !run_it("a") {
+        skipped()
+    } else {
+        load(
+            shep_runtime::tls::channel(&sdu_tls, &gbdfl_endpoint).unwrap(),
+            subjects.clone(),
+            concurrency,
+            warmup,
+            measure,
+            None,
+        )
+        .await
+    };
+    eprintln!("(b) bus ...");
+    let bus = if !run_it("b") {
+        skipped()
+    } else {
+        load(
+            w.client("sdu"),
+            subjects.clone(),
+            concurrency,
+            warmup,
+            measure,
+            None,
+        )
+        .await
+    };
+    eprintln!("(c) nginx ...");
+    let prefix = w.dir.path().join("nginx");
+    let nginx = if !run_it("c") {
+        skipped()
+    } else {
+        match start_nginx(w.dir.path(), &prefix, gbdfl_port).await {
+            Ok(ng) => {
+                let ch =
+                    shep_runtime::tls::channel(&sdu_tls, &format!("https://127.0.0.1:{}", ng.port))
+                        .unwrap();
+                let pid = ng.child.id();
+                let r = load(
+                    ch,
+                    subjects.clone(),
+                    concurrency,
+                    warmup,
+                    measure,
+                    Some(pid),
+                )
+                .await;
+                drop(ng);
+                r
+            }
+            Err(e) => Err(e),
+        }
+    };
+
+    let rows = [
+        ("(a) direct", &direct),
+        ("(b) bus", &bus),
+        ("(c) nginx", &nginx),
+    ];
+    println!();
+    println!(
+        "{:<11} {:>9} {:>8} {:>8} {:>14} {:>15}   {:<27} {:<27}",
+        "target",
+        "calls/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU s/10k all",
+        "CPU s/10k ours",
+        "vs (a): thr p50 p99 CPU",
+        "vs (c): thr p50 p99 CPU"
+    );
+    let ratio = |x: &Stats, base: &Result<Stats, String>| match base {
+        Ok(b) => format!(
+            "{:.2} {:.2} {:.2} {:.2}",
+            x.rate() / b.rate(),
+            ms(x.p50) / ms(b.p50).max(1e-9),
+            ms(x.p99) / ms(b.p99).max(1e-9),
+            x.cpu_total_per_10k() / b.cpu_total_per_10k().max(1e-9)
+        ),
+        Err(_) => "-".into(),
+    };
+    for (name, r) in rows {
+        match r {
+            Ok(s) => println!(
+                "{:<11} {:>9.0} {:>8.2} {:>8.2} {:>14.3} {:>15.3}   {:<27} {:<27}{}",
+                name,
+                s.rate(),
+                ms(s.p50),
+                ms(s.p99),
+                s.cpu_total_per_10k(),
+                s.cpu_self_per_10k(),
+                ratio(s, &direct),
+                ratio(s, &nginx),
+                if s.errors > 0 {
+                    format!("  ({} errors)", s.errors)
+                } else {
+                    String::new()
+                }
+            ),
+            Err(e) => println!("{name:<11} unavailable: {e}"),
+        }
+    }
+    if let (Ok(a), Ok(b)) = (&direct, &bus) {
+        println!(
+            "\nthe bus's own CPU per 10k calls (b − a, this process): {:.3} s",
+            b.cpu_self_per_10k() - a.cpu_self_per_10k()
+        );
+    }
+    if let (Ok(a), Ok(c)) = (&direct, &nginx) {
+        println!(
+            "nginx's CPU per 10k calls (its processes, plus this process's change vs (a)): {:.3} s",
+            c.cpu_total_per_10k() - a.cpu_self_per_10k()
+        );
+    }
+    println!(
+        "\n\"CPU s/10k all\" counts this process (client, test upstreams and, in (b), the bus) plus, in (c), nginx's \
+         master and workers. The bus row includes consent verification (Ed25519), identifier checks and two audit \
+         records per call, each awaited until committed (group commit, fsync per batch)."
+    );
+    let v = shep_bus::audit::verify(&w.audit_path()).unwrap();
+    println!(
+        "audit after the run: {} records, intact: {}",
+        v.records, v.intact
+    );
+    w.shutdown.trigger();
+}

@@ -1,0 +1,963 @@
+//! The audit log: every call, allowed or refused, as hash-chained records in SQLite.
+//!
+//! **Writing.** [`AuditLog::append`] hands a record to one writer thread and waits until
+//! the transaction that holds it has committed. The writer takes whatever records are
+//! waiting (up to `batch_max`), numbers them, chains them (each record's `hash` is
+//! SHA-256 over the previous record's hash and this record's content), inserts them in one
+//! transaction and commits: one fsync for the whole batch (group commit). With
+//! `synchronous = full` (the default) a committed record survives a power cut. When a
+//! commit fails, every call of the batch gets the error and the chain head does not move.
+//!
+//! **Two records per forwarded call.** A `decision` record (allowed, status -1 = pending)
+//! is committed before the call is forwarded; a `completion` record (final status,
+//! duration, sizes; `call_seq` = the decision's `seq`) is committed before the final
+//! status reaches the caller. A refused call has one `decision` record carrying its status.
+//!
+//! **Append-only.** Triggers refuse UPDATE and DELETE; the chain makes any edit made
+//! around them visible to [`verify`], which names the first record altered, removed or
+//! reordered. Removing records at the *end* of the log leaves a shorter valid chain: compare
+//! the head ([`VerifyReport::head_hash`]) with one kept elsewhere to detect truncation.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use rusqlite::{Connection, OpenFlags, params};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{AuditSettings, Synchronous};
+
+/// The `prev_hash` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("audit log {path}: {why}")]
+    Other { path: PathBuf, why: String },
+    #[error("the audit writer has stopped")]
+    WriterStopped,
+}
+
+/// Allowed or refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Allowed,
+    Refused,
+}
+
+impl Decision {
+    fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Refused => "refused",
+        }
+    }
+    fn parse(s: &str) -> Decision {
+        if s == "allowed" {
+            Decision::Allowed
+        } else {
+            Decision::Refused
+        }
+    }
+}
+
+/// Which record of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Written before the call is forwarded (or refused).
+    Decision,
+    /// Written when the call ends, before its status reaches the caller.
+    Completion,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Decision => "decision",
+            Phase::Completion => "completion",
+        }
+    }
+    fn parse(s: &str) -> Phase {
+        if s == "completion" {
+            Phase::Completion
+        } else {
+            Phase::Decision
+        }
+    }
+}
+
+/// What a call contributes to a record; the writer adds the position and the hashes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// For a completion record: the `seq` of the call's decision record.
+    pub call_seq: Option<u64>,
+    /// From metadata `x-message-id` (or the envelope), else a generated UUIDv7.
+    pub message_id: String,
+    /// From metadata `x-correlation-id` (or the envelope); may be empty.
+    pub correlation_id: String,
+    /// The calling system (empty when the certificate named none).
+    pub caller: String,
+    /// `/package.Service/Method`.
+    pub method: String,
+    /// The data subjects, comma-separated (empty when none).
+    pub subject: String,
+    /// The consent token ids used, comma-separated.
+    pub token_ids: String,
+    pub allowed: bool,
+    /// The refusal reason, `FORWARDED` for a decision to forward, `COMPLETED` for a
+    /// completion record.
+    pub reason: String,
+    /// The gRPC status code; -1 in a decision record of a forwarded call (not known yet).
+    pub grpc_status: i32,
+    /// When the bus received the call, unix microseconds.
+    pub received_at_us: i64,
+    pub duration_us: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// The W3C trace id of the call (from `traceparent`), for joining with logs.
+    pub trace_id: String,
+}
+
+/// One stored record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    /// Position in the log, from 1, without gaps.
+    pub seq: u64,
+    pub phase: Phase,
+    /// The `seq` of the call's decision record (its own `seq` for a decision record).
+    pub call_seq: u64,
+    pub message_id: String,
+    pub correlation_id: String,
+    pub caller: String,
+    pub method: String,
+    pub subject: String,
+    pub token_ids: String,
+    pub decision: Decision,
+    pub reason: String,
+    pub grpc_status: i32,
+    pub received_at_us: i64,
+    pub duration_us: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub trace_id: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// `received_at` as RFC 3339 (UTC).
+    pub fn received_at_rfc3339(&self) -> String {
+        jiff::Timestamp::from_microsecond(self.received_at_us)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    }
+
+    /// The bytes the hash covers (everything but the hashes), length-prefixed so that no
+    /// two different records serialize alike.
+    pub fn content(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        let mut put = |s: &str| {
+            out.extend_from_slice(s.len().to_string().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(s.as_bytes());
+            out.push(b'\n');
+        };
+        put(&self.seq.to_string());
+        put(self.phase.as_str());
+        put(&self.call_seq.to_string());
+        put(&self.message_id);
+        put(&self.correlation_id);
+        put(&self.caller);
+        put(&self.method);
+        put(&self.subject);
+        put(&self.token_ids);
+        put(self.decision.as_str());
+        put(&self.reason);
+        put(&self.grpc_status.to_string());
+        put(&self.received_at_us.to_string());
+        put(&self.duration_us.to_string());
+        put(&self.request_bytes.to_string());
+        put(&self.response_bytes.to_string());
+        put(&self.trace_id);
+        out
+    }
+
+    /// SHA-256 (hex) of `prev_hash` and the content.
+    pub fn compute_hash(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.prev_hash.as_bytes());
+        h.update(b"\n");
+        h.update(self.content());
+        hex::encode(h.finalize())
+    }
+
+    fn from_entry(e: Entry, seq: u64, prev_hash: &str) -> AuditRecord {
+        let mut r = AuditRecord {
+            seq,
+            phase: if e.call_seq.is_some() {
+                Phase::Completion
+            } else {
+                Phase::Decision
+            },
+            call_seq: e.call_seq.unwrap_or(seq),
+            message_id: e.message_id,
+            correlation_id: e.correlation_id,
+            caller: e.caller,
+            method: e.method,
+            subject: e.subject,
+            token_ids: e.token_ids,
+            decision: if e.allowed {
+                Decision::Allowed
+            } else {
+                Decision::Refused
+            },
+            reason: e.reason,
+            grpc_status: e.grpc_status,
+            received_at_us: e.received_at_us,
+            duration_us: e.duration_us,
+            request_bytes: e.request_bytes,
+            response_bytes: e.response_bytes,
+            trace_id: e.trace_id,
+            prev_hash: prev_hash.to_owned(),
+            hash: String::new(),
+        };
+        r.hash = r.compute_hash();
+        r
+    }
+
+    /// The subjects of the record, one by one.
+    pub fn subjects(&self) -> impl Iterator<Item = &str> {
+        self.subject.split(',').filter(|s| !s.is_empty())
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    phase TEXT NOT NULL,
+    call_seq INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    caller TEXT NOT NULL,
+    method TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    token_ids TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    grpc_status INTEGER NOT NULL,
+    received_at_us INTEGER NOT NULL,
+    duration_us INTEGER NOT NULL,
+    request_bytes INTEGER NOT NULL,
+    response_bytes INTEGER NOT NULL,
+    trace_id TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_subject (
+    subject TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (subject, seq)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
+const COLUMNS: &str = "seq, phase, call_seq, message_id, correlation_id, caller, method, subject, token_ids, \
+    decision, reason, grpc_status, received_at_us, duration_us, request_bytes, response_bytes, trace_id, \
+    prev_hash, hash";
+
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        seq: row.get::<_, i64>(0)? as u64,
+        phase: Phase::parse(&row.get::<_, String>(1)?),
+        call_seq: row.get::<_, i64>(2)? as u64,
+        message_id: row.get(3)?,
+        correlation_id: row.get(4)?,
+        caller: row.get(5)?,
+        method: row.get(6)?,
+        subject: row.get(7)?,
+        token_ids: row.get(8)?,
+        decision: Decision::parse(&row.get::<_, String>(9)?),
+        reason: row.get(10)?,
+        grpc_status: row.get(11)?,
+        received_at_us: row.get(12)?,
+        duration_us: row.get::<_, i64>(13)? as u64,
+        request_bytes: row.get::<_, i64>(14)? as u64,
+        response_bytes: row.get::<_, i64>(15)? as u64,
+        trace_id: row.get(16)?,
+        prev_hash: row.get(17)?,
+        hash: row.get(18)?,
+    })
+}
+
+struct Job {
+    entry: Entry,
+    done: oneshot::Sender<Result<u64, String>>,
+}
+
+/// The handle of the writer: cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Job>,
+    depth: Arc<AtomicI64>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
+    move |source| AuditError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Opens (creating when missing) the log for writing: WAL, the schema, the pragmas.
+fn open_writer(settings: &AuditSettings) -> Result<Connection, AuditError> {
+    let path = &settings.path;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| AuditError::Other {
+            path: path.clone(),
+            why: format!("cannot create its directory: {e}"),
+        })?;
+    }
+    let conn = Connection::open(path).map_err(sqlite(path))?;
+    conn.busy_timeout(std::time::Duration::from_millis(settings.busy_timeout_ms))
+        .map_err(sqlite(path))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(sqlite(path))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(AuditError::Other {
+            path: path.clone(),
+            why: format!("cannot switch to WAL (journal_mode={mode})"),
+        });
+    }
+    let sync = match settings.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!("PRAGMA synchronous={sync};"))
+        .map_err(sqlite(path))?;
+    conn.execute_batch(SCHEMA).map_err(sqlite(path))?;
+    Ok(conn)
+}
+
+fn head(conn: &Connection, path: &Path) -> Result<(u64, String), AuditError> {
+    let r: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map(Some)
+        .or_else(|e| {
+            if matches!(e, rusqlite::Error::QueryReturnedNoRows) {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(sqlite(path))?;
+    Ok(r.map(|(s, h)| (s as u64, h))
+        .unwrap_or((0, GENESIS.to_owned())))
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    head: &(u64, String),
+    jobs: &[Job],
+) -> rusqlite::Result<Vec<AuditRecord>> {
+    let tx = conn.transaction()?;
+    let mut out = Vec::with_capacity(jobs.len());
+    {
+        let mut ins = tx.prepare_cached(&format!(
+            "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+        ))?;
+        let mut sub = tx
+            .prepare_cached("INSERT OR IGNORE INTO audit_subject (subject, seq) VALUES (?1, ?2)")?;
+        let (mut seq, mut prev) = head.clone();
+        for j in jobs {
+            seq += 1;
+            let r = AuditRecord::from_entry(j.entry.clone(), seq, &prev);
+            ins.execute(params![
+                r.seq as i64,
+                r.phase.as_str(),
+                r.call_seq as i64,
+                r.message_id,
+                r.correlation_id,
+                r.caller,
+                r.method,
+                r.subject,
+                r.token_ids,
+                r.decision.as_str(),
+                r.reason,
+                r.grpc_status,
+                r.received_at_us,
+                r.duration_us as i64,
+                r.request_bytes as i64,
+                r.response_bytes as i64,
+                r.trace_id,
+                r.prev_hash,
+                r.hash,
+            ])?;
+            for s in r.subjects() {
+                sub.execute(params![s, r.seq as i64])?;
+            }
+            prev = r.hash.clone();
+            out.push(r);
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+impl AuditLog {
+    /// Opens the log and starts its writer thread. Fails when the file cannot be opened,
+    /// switched to WAL or given its schema.
+    pub fn open(settings: &AuditSettings) -> Result<AuditLog, AuditError> {
+        let mut conn = open_writer(settings)?;
+        let path = settings.path.clone();
+        let mut head = head(&conn, &path)?;
+        let (tx, mut rx) = mpsc::channel::<Job>(settings.queue_capacity);
+        let depth = Arc::new(AtomicI64::new(0));
+        let d = depth.clone();
+        let batch_max = settings.batch_max;
+        let p = path.clone();
+        std::thread::Builder::new()
+            .name("shep-audit-writer".into())
+            .spawn(move || {
+                let mut jobs = Vec::with_capacity(batch_max);
+                while let Some(first) = rx.blocking_recv() {
+                    jobs.push(first);
+                    while jobs.len() < batch_max {
+                        match rx.try_recv() {
+                            Ok(j) => jobs.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    let n = jobs.len() as i64;
+                    let written = write_batch(&mut conn, &head, &jobs);
+                    d.fetch_sub(n, Ordering::Relaxed);
+                    match written {
+                        Ok(recs) => {
+                            if let Some(last) = recs.last() {
+                                head = (last.seq, last.hash.clone());
+                            }
+                            for (j, r) in jobs.drain(..).zip(recs) {
+                                let _ = j.done.send(Ok(r.seq));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(path = %p.display(), error = %e, records = n, "audit batch not committed; its calls are refused");
+                            // The connection may hold a half-open transaction: it was rolled
+                            // back when dropped. Re-read the head in case of doubt.
+                            if let Ok(h) = self::head(&conn, &p) {
+                                head = h;
+                            }
+                            let why = e.to_string();
+                            for j in jobs.drain(..) {
+                                let _ = j.done.send(Err(why.clone()));
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| AuditError::Other { path: path.clone(), why: format!("cannot start the writer: {e}") })?;
+        Ok(AuditLog { tx, depth, path })
+    }
+
+    /// Appends a record and waits until it is committed; returns its `seq`.
+    pub async fn append(&self, entry: Entry) -> Result<u64, AuditError> {
+        let (done, rx) = oneshot::channel();
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Job { entry, done }).await.is_err() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(AuditError::WriterStopped);
+        }
+        match rx.await {
+            Ok(Ok(seq)) => Ok(seq),
+            Ok(Err(why)) => Err(AuditError::Other {
+                path: self.path.clone(),
+                why,
+            }),
+            Err(_) => Err(AuditError::WriterStopped),
+        }
+    }
+
+    /// Records waiting for (or in) a commit.
+    pub fn queue_depth(&self) -> i64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn open_read(path: &Path) -> Result<Connection, AuditError> {
+    if !path.exists() {
+        return Err(AuditError::Other {
+            path: path.to_owned(),
+            why: "no such file".into(),
+        });
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sqlite(path))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sqlite(path))?;
+    Ok(conn)
+}
+
+/// The outcome of [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// True when every record is in place, links to the previous one and hashes to its hash.
+    pub intact: bool,
+    /// Records checked.
+    pub records: u64,
+    /// The first record found altered, removed or reordered.
+    pub first_bad_seq: Option<u64>,
+    /// What is wrong with it.
+    pub problem: Option<String>,
+    /// The last record's `seq` (0 for an empty log).
+    pub head_seq: u64,
+    /// The last record's hash ([`GENESIS`] for an empty log). Keep it elsewhere: a later
+    /// verification whose chain does not reach it shows the log was truncated.
+    pub head_hash: String,
+}
+
+/// Pure check of records read in `seq` order, starting at `expected` after a record whose
+/// hash is `prev`: `(records checked, head seq, head hash)` or the first bad record and what
+/// is wrong with it.
+pub fn check_chain<'a>(
+    records: impl IntoIterator<Item = &'a AuditRecord>,
+    mut expected: u64,
+    prev: &str,
+) -> Result<(u64, u64, String), (u64, String)> {
+    let mut prev = prev.to_owned();
+    let mut n = 0;
+    for r in records {
+        if r.seq != expected {
+            return Err(if r.seq > expected {
+                let range = if r.seq == expected + 1 {
+                    format!("{expected}")
+                } else {
+                    format!("{expected}..{}", r.seq - 1)
+                };
+                (
+                    expected,
+                    format!(
+                        "record {range} removed (the log jumps from {} to {})",
+                        expected - 1,
+                        r.seq
+                    ),
+                )
+            } else {
+                (
+                    r.seq,
+                    format!("record {} out of order (expected {expected})", r.seq),
+                )
+            });
+        }
+        if r.prev_hash != prev {
+            return Err((
+                r.seq,
+                format!(
+                    "record {} does not link to record {} (a record before it was removed, reordered or its hash altered)",
+                    r.seq,
+                    r.seq.saturating_sub(1)
+                ),
+            ));
+        }
+        if r.compute_hash() != r.hash {
+            return Err((
+                r.seq,
+                format!(
+                    "record {} altered: its content does not hash to its hash",
+                    r.seq
+                ),
+            ));
+        }
+        prev = r.hash.clone();
+        expected += 1;
+        n += 1;
+    }
+    Ok((n, expected - 1, prev))
+}
+
+/// Checks the whole chain of the log at `path`, and that the subject index agrees with
+/// the records. Names the first record altered, removed or reordered.
+pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
+    let conn = open_read(path)?;
+    let s = sqlite(path);
+    let mut stmt = conn
+        .prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))
+        .map_err(&s)?;
+    let rows = stmt.query_map([], row_to_record).map_err(&s)?;
+    let mut expected = 1u64;
+    let mut prev = GENESIS.to_owned();
+    let mut n = 0u64;
+    let mut index: std::collections::BTreeSet<(String, u64)> = Default::default();
+    for row in rows {
+        let r = row.map_err(&s)?;
+        if let Err((bad, problem)) = check_chain(std::iter::once(&r), expected, &prev) {
+            return Ok(VerifyReport {
+                intact: false,
+                records: n,
+                first_bad_seq: Some(bad),
+                problem: Some(problem),
+                head_seq: expected - 1,
+                head_hash: prev,
+            });
+        }
+        for sub in r.subjects() {
+            index.insert((sub.to_owned(), r.seq));
+        }
+        prev = r.hash;
+        expected += 1;
+        n += 1;
+    }
+    // The subject index is derived from the records; an edit to it hides or invents accesses.
+    let mut stmt = conn
+        .prepare("SELECT subject, seq FROM audit_subject")
+        .map_err(&s)?;
+    let stored: std::collections::BTreeSet<(String, u64)> = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .map_err(&s)?
+        .collect::<Result<_, _>>()
+        .map_err(&s)?;
+    if stored != index {
+        let bad = stored
+            .symmetric_difference(&index)
+            .map(|(_, seq)| *seq)
+            .min()
+            .unwrap_or(0);
+        return Ok(VerifyReport {
+            intact: false,
+            records: n,
+            first_bad_seq: Some(bad),
+            problem: Some(format!("the subject index disagrees with record {bad}")),
+            head_seq: expected - 1,
+            head_hash: prev,
+        });
+    }
+    Ok(VerifyReport {
+        intact: true,
+        records: n,
+        first_bad_seq: None,
+        problem: None,
+        head_seq: expected - 1,
+        head_hash: prev,
+    })
+}
+
+/// Every access to one person's data, oldest first: one entry per call — its completion
+/// record when there is one (final status, duration, sizes), else its decision record (a
+/// refusal, or a call whose completion was never written).
+pub fn subject_accesses(path: &Path, iin: &str) -> Result<Vec<AuditRecord>, AuditError> {
+    let conn = open_read(path)?;
+    let s = sqlite(path);
+    let cols = COLUMNS
+        .split(", ")
+        .map(|c| format!("a.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {cols} FROM audit_subject s JOIN audit a ON a.seq = s.seq WHERE s.subject = ?1 ORDER BY a.seq"
+        ))
+        .map_err(&s)?;
+    let rows: Vec<AuditRecord> = stmt
+        .query_map([iin], row_to_record)
+        .map_err(&s)?
+        .collect::<Result<_, _>>()
+        .map_err(&s)?;
+    Ok(one_per_call(rows))
+}
+
+/// Keeps one record per call (by `call_seq`): the last one, in the order of the calls.
+pub fn one_per_call(rows: Vec<AuditRecord>) -> Vec<AuditRecord> {
+    let mut by_call: std::collections::BTreeMap<u64, AuditRecord> = Default::default();
+    for r in rows {
+        by_call.insert(r.call_seq, r);
+    }
+    by_call.into_values().collect()
+}
+
+/// Records after `after_seq`, in order, optionally only those of `caller`, at most `limit`
+/// (0 for all).
+pub fn query(
+    path: &Path,
+    after_seq: u64,
+    caller: Option<&str>,
+    limit: u32,
+) -> Result<Vec<AuditRecord>, AuditError> {
+    let conn = open_read(path)?;
+    let s = sqlite(path);
+    let lim: i64 = if limit == 0 { -1 } else { limit as i64 };
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {COLUMNS} FROM audit WHERE seq > ?1 AND (?2 IS NULL OR caller = ?2) ORDER BY seq LIMIT ?3"
+        ))
+        .map_err(&s)?;
+    let rows = stmt
+        .query_map(params![after_seq as i64, caller, lim], row_to_record)
+        .map_err(&s)?
+        .collect::<Result<_, _>>()
+        .map_err(&s)?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &Path) -> AuditSettings {
+        AuditSettings {
+            path: dir.join("audit.sqlite"),
+            busy_timeout_ms: 100,
+            ..Default::default()
+        }
+    }
+
+    fn entry(i: u32, subject: &str) -> Entry {
+        Entry {
+            message_id: format!("m{i}"),
+            caller: "sdu".into(),
+            method: "/kz.gov.gbdfl.v1.PersonRegistry/GetPerson".into(),
+            subject: subject.into(),
+            allowed: true,
+            reason: "FORWARDED".into(),
+            grpc_status: -1,
+            received_at_us: 1_700_000_000_000_000 + i as i64,
+            ..Default::default()
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn raw(path: &Path) -> Connection {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+            .unwrap();
+        c
+    }
+
+    #[test]
+    fn appends_chain_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        rt().block_on(async {
+            let log = AuditLog::open(&s).unwrap();
+            // Concurrent appends: group commit, gapless numbering.
+            let mut handles = vec![];
+            for i in 0..50 {
+                let log = log.clone();
+                handles.push(tokio::spawn(async move {
+                    log.append(entry(i, "900515300018")).await.unwrap()
+                }));
+            }
+            let mut seqs = vec![];
+            for h in handles {
+                seqs.push(h.await.unwrap());
+            }
+            seqs.sort();
+            assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+            let done = Entry {
+                call_seq: Some(7),
+                reason: "COMPLETED".into(),
+                grpc_status: 0,
+                ..entry(7, "900515300018")
+            };
+            assert_eq!(log.append(done).await.unwrap(), 51);
+            assert_eq!(log.queue_depth(), 0);
+        });
+        let rep = verify(&s.path).unwrap();
+        assert!(rep.intact, "{rep:?}");
+        assert_eq!((rep.records, rep.head_seq), (51, 51));
+        // Re-opening continues the chain.
+        rt().block_on(async {
+            let log = AuditLog::open(&s).unwrap();
+            assert_eq!(log.append(entry(99, "")).await.unwrap(), 52);
+        });
+        assert!(verify(&s.path).unwrap().intact);
+        // One entry per call, the completion replacing the decision.
+        let acc = subject_accesses(&s.path, "900515300018").unwrap();
+        assert_eq!(acc.len(), 50);
+        let seventh = acc.iter().find(|r| r.call_seq == 7).unwrap();
+        assert_eq!(
+            (seventh.phase, seventh.grpc_status, seventh.seq),
+            (Phase::Completion, 0, 51)
+        );
+        assert!(
+            subject_accesses(&s.path, "111111111111")
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(query(&s.path, 50, None, 0).unwrap().len(), 2);
+        assert_eq!(query(&s.path, 0, Some("nobody"), 0).unwrap().len(), 0);
+        assert_eq!(query(&s.path, 0, Some("sdu"), 5).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn triggers_refuse_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        rt().block_on(async {
+            let log = AuditLog::open(&s).unwrap();
+            log.append(entry(1, "")).await.unwrap();
+        });
+        let c = Connection::open(&s.path).unwrap();
+        assert!(c.execute("UPDATE audit SET caller = 'x'", []).is_err());
+        assert!(c.execute("DELETE FROM audit", []).is_err());
+    }
+
+    fn log_of(n: u32) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        rt().block_on(async {
+            let log = AuditLog::open(&s).unwrap();
+            for i in 0..n {
+                log.append(entry(i, "900515300018")).await.unwrap();
+            }
+        });
+        (dir, s.path)
+    }
+
+    #[test]
+    fn verify_names_an_altered_record() {
+        let (_d, p) = log_of(10);
+        raw(&p)
+            .execute("UPDATE audit SET caller = 'mallory' WHERE seq = 4", [])
+            .unwrap();
+        let rep = verify(&p).unwrap();
+        assert!(!rep.intact);
+        assert_eq!(rep.first_bad_seq, Some(4));
+        assert!(rep.problem.unwrap().contains("altered"));
+        assert_eq!(rep.records, 3);
+    }
+
+    #[test]
+    fn verify_names_a_removed_record() {
+        let (_d, p) = log_of(10);
+        raw(&p)
+            .execute("DELETE FROM audit WHERE seq = 6", [])
+            .unwrap();
+        let rep = verify(&p).unwrap();
+        assert_eq!(rep.first_bad_seq, Some(6));
+        assert!(rep.problem.unwrap().contains("removed"), "");
+    }
+
+    #[test]
+    fn verify_names_reordered_records() {
+        let (_d, p) = log_of(10);
+        // Swap the contents of 3 and 5 keeping the numbering: 3 no longer links to 2.
+        let c = raw(&p);
+        c.execute_batch(
+            "UPDATE audit SET seq = -3 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 5; UPDATE audit SET seq = 5 WHERE seq = -3;",
+        )
+        .unwrap();
+        let rep = verify(&p).unwrap();
+        assert_eq!(rep.first_bad_seq, Some(3));
+    }
+
+    #[test]
+    fn verify_catches_a_rewritten_hash_and_a_forged_index() {
+        let (_d, p) = log_of(5);
+        let c = raw(&p);
+        // Recompute record 2's own hash after editing it: record 3 no longer links.
+        let mut r = query(&p, 1, None, 1).unwrap().remove(0);
+        r.caller = "mallory".into();
+        r.hash = r.compute_hash();
+        c.execute(
+            "UPDATE audit SET caller = ?1, hash = ?2 WHERE seq = 2",
+            params![r.caller, r.hash],
+        )
+        .unwrap();
+        let rep = verify(&p).unwrap();
+        assert_eq!(rep.first_bad_seq, Some(3));
+        assert!(rep.problem.unwrap().contains("does not link"));
+
+        let (_d2, p2) = log_of(5);
+        raw(&p2)
+            .execute("DELETE FROM audit_subject WHERE seq = 4", [])
+            .unwrap();
+        let rep = verify(&p2).unwrap();
+        assert_eq!(rep.first_bad_seq, Some(4));
+        assert!(rep.problem.unwrap().contains("subject index"));
+    }
+
+    #[test]
+    fn a_locked_database_fails_the_batch_not_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        rt().block_on(async {
+            let log = AuditLog::open(&s).unwrap();
+            assert_eq!(log.append(entry(1, "")).await.unwrap(), 1);
+            // Another process holds the write lock.
+            let other = Connection::open(&s.path).unwrap();
+            other.execute_batch("BEGIN IMMEDIATE;").unwrap();
+            let e = log.append(entry(2, "")).await.unwrap_err();
+            assert!(e.to_string().contains("locked"), "{e}");
+            other.execute_batch("ROLLBACK;").unwrap();
+            // The chain goes on where it was.
+            assert_eq!(log.append(entry(3, "")).await.unwrap(), 2);
+        });
+        assert!(verify(&s.path).unwrap().intact);
+    }
+
+    #[test]
+    fn pure_chain_check() {
+        let mut prev = GENESIS.to_owned();
+        let mut recs = vec![];
+        for i in 1..=3u64 {
+            let r = AuditRecord::from_entry(entry(i as u32, ""), i, &prev);
+            prev = r.hash.clone();
+            recs.push(r);
+        }
+        assert_eq!(check_chain(&recs, 1, GENESIS).unwrap().0, 3);
+        let mut gap = recs.clone();
+        gap.remove(1);
+        assert_eq!(check_chain(&gap, 1, GENESIS).unwrap_err().0, 2);
+        let mut alt = recs.clone();
+        alt[2].reason = "X".into();
+        assert_eq!(check_chain(&alt, 1, GENESIS).unwrap_err().0, 3);
+        // Content is unambiguous: moving a character between fields changes the hash.
+        let mut a = recs[0].clone();
+        a.caller = "ab".into();
+        a.method = "c".into();
+        let mut b = recs[0].clone();
+        b.caller = "a".into();
+        b.method = "bc".into();
+        assert_ne!(a.compute_hash(), b.compute_hash());
+    }
+}
