@@ -324,3 +324,14 @@ pub fn export_jsonl(sim: &Simulation, dir: &Path) -> std::io::Result<ExportSumma
 
     Ok(ExportSummary { dir: dir.to_owned(), files })
 }
+
+impl std::fmt::Display for ExportSummary {
+    /// A table: file, lines, bytes, SHA-256; then the digest of the whole export.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{:<16} {:>10} {:>12}  sha256", "file", "lines", "bytes")?;
+        for x in &self.files {
+            writeln!(f, "{:<16} {:>10} {:>12}  {}", x.name, x.lines, x.bytes, x.sha256)?;
+        }
+        write!(f, "digest {}", self.digest())
+    }
+}
