@@ -43,6 +43,17 @@ pub struct Core {
     pub metrics: Metrics,
     /// One mutual-TLS channel per upstream system.
     pub upstreams: HashMap<String, Channel>,
+    /// The clock consent tokens are judged by (expiry): the system's, or a simulation's,
+    /// so that tokens issued on a manual clock are judged on the same clock.
+    pub token_clock: TokenClock,
+}
+
+/// Unix seconds now, for judging token expiry.
+pub type TokenClock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock as a [`TokenClock`].
+pub fn system_token_clock() -> TokenClock {
+    Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0))
 }
 
 /// A call refused by a stage of the bus.
@@ -434,10 +445,7 @@ impl Core {
             return Ok((vec![], vec![]));
         };
         let subs = subjects(msg, pd);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now = (self.token_clock)();
         let used = self
             .consent
             .decide(&subs, tokens, caller, &pd.kdp_scope, now, Instant::now())

@@ -32,6 +32,8 @@
 //! (UNAVAILABLE) and `UPSTREAM_TIMEOUT` / `DEADLINE_EXCEEDED` (DEADLINE_EXCEEDED) naming the
 //! upstream, `AUDIT_UNAVAILABLE` (UNAVAILABLE).
 
+pub use gate::TokenClock;
+
 pub mod access;
 pub mod admin;
 pub mod audit;
@@ -123,6 +125,17 @@ pub async fn start(
     settings: BusSettings,
     shutdown: Shutdown,
 ) -> Result<RunningBus, BusError> {
+    start_with_token_clock(node, settings, shutdown, gate::system_token_clock()).await
+}
+
+/// As [`start`], judging consent tokens' expiry by `token_clock` (unix seconds): a
+/// topology on a simulation's manual clock passes that clock, since KDP issues tokens on it.
+pub async fn start_with_token_clock(
+    node: NodeConfig,
+    settings: BusSettings,
+    shutdown: Shutdown,
+    token_clock: gate::TokenClock,
+) -> Result<RunningBus, BusError> {
     settings.validate().map_err(BusError::Config)?;
     let mut extra = vec![];
     for p in &settings.descriptor_sets {
@@ -170,6 +183,7 @@ pub async fn start(
         audit,
         metrics: metrics::Metrics::default(),
         upstreams,
+        token_clock,
     });
 
     let mut builder = NodeBuilder::new(node)

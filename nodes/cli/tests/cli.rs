@@ -1,0 +1,148 @@
+//! The `shep` binary as a user runs it: help, exit codes, the PKI commands, `shep up`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn shep() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shep"))
+}
+
+#[test]
+fn help_on_every_command() {
+    for args in [
+        vec!["--help"],
+        vec!["up", "--help"],
+        vec!["node", "--help"],
+        vec!["pki", "--help"],
+        vec!["pki", "init", "--help"],
+        vec!["pki", "issue", "--help"],
+        vec!["pki", "revoke", "--help"],
+        vec!["sim", "export", "--help"],
+        vec!["audit", "verify", "--help"],
+        vec!["audit", "subject", "--help"],
+        vec!["example-config", "--help"],
+    ] {
+        let out = shep().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
+    }
+    let out = shep().arg("no-such-command").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn pki_init_issue_revoke_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("pki");
+    let out = shep().args(["pki", "init", "--dir"]).arg(&d).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["ca.pem", "crl.pem", "bus.pem", "bus.key", "operator.pem", "sdu.key"] {
+        assert!(d.join(f).exists(), "{f}");
+    }
+    // Refuses to overwrite the CA without --force, and says how.
+    let out = shep().args(["pki", "init", "--dir"]).arg(&d).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+
+    let out = shep().args(["pki", "issue", "expertiza", "--dir"]).arg(&d).output().unwrap();
+    assert!(out.status.success());
+    assert!(d.join("expertiza.pem").exists());
+    let out = shep().args(["pki", "issue", "Not Valid", "--dir"]).arg(&d).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+
+    let out = shep().args(["pki", "revoke", "expertiza", "--dir"]).arg(&d).output().unwrap();
+    assert!(out.status.success());
+    let out = shep().args(["pki", "list", "--dir"]).arg(&d).output().unwrap();
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.lines().any(|l| l.starts_with("expertiza") && l.contains("at ")), "{list}");
+
+    // A directory without a CA: exit 3 and the command that makes one.
+    let out = shep().args(["pki", "revoke", "bus", "--dir"]).arg(dir.path().join("none")).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shep pki init"));
+}
+
+#[test]
+fn node_with_a_malformed_or_missing_config_says_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("n.toml");
+    std::fs::write(&cfg, "[node]\nsystem = \"gbd-fl\"\nlisten = \n").unwrap();
+    let out = shep().args(["node", "gbd-fl", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("n.toml"));
+
+    // A valid config whose certificate files do not exist.
+    let text = String::from_utf8(
+        shep().args(["example-config", "gbd-fl", "--pki"]).arg(dir.path().join("nopki")).output().unwrap().stdout,
+    )
+    .unwrap();
+    std::fs::write(&cfg, text.replace("0.0.0.0:7002", "127.0.0.1:0")).unwrap();
+    let out = shep().args(["node", "gbd-fl", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nopki") && err.contains("shep pki init"), "{err}");
+}
+
+#[test]
+fn example_configs_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["topology", "bus", "gbd-ul", "gbd-fl", "zags", "e-license", "bmg", "pep", "kdp"] {
+        let out = shep().args(["example-config", name]).output().unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let p = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&p, &out.stdout).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.parse::<toml::Table>().is_ok(), "{name} example is valid TOML:\n{text}");
+    }
+}
+
+/// `shep up` on free ports: prints the table, answers grpcurl through the bus, stops on SIGTERM.
+#[test]
+fn up_prints_the_table_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = shep()
+        .current_dir(dir.path())
+        .args(["up", "--any-ports", "--clock", "manual"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut table = vec![];
+    loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("shep up prints its table");
+        if line.starts_with("ready") {
+            break;
+        }
+        table.push(line);
+    }
+    let text = table.join("\n");
+    for system in ["bus", "gbd-ul", "gbd-fl", "zags", "e-license", "bmg", "pep", "kdp"] {
+        assert!(table.iter().any(|l| l.starts_with(&format!("{system} "))), "{system} missing:\n{text}");
+    }
+    assert!(dir.path().join("var/pki/ca.pem").exists(), "dev PKI generated under ./var/pki");
+    // SIGTERM: a graceful stop with exit 0.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "shep up did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,598 @@
+//! The calls SDU makes, all through the bus on one mutual-TLS channel: prost types stay
+//! here; the rest of the crate sees domain types ([`Iin`], [`Bin`], [`PersonFacts`] ...).
+//!
+//! Every personal-data call carries the subject's KDP token in the metadata key
+//! [`shep_consent::METADATA_KEY`]. Every failure is a [`CallError`] that says whether trying
+//! again may help and whether it was a refusal of consent (KDP's own, or the bus's).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use jiff::Timestamp;
+use jiff::civil::Date;
+use shep_domain::{Bin, Iin};
+use shep_proto::elicense::permit_registry_client::PermitRegistryClient;
+use shep_proto::gbdfl::person_registry_client::PersonRegistryClient;
+use shep_proto::gbdul::organization_registry_client::OrganizationRegistryClient;
+use shep_proto::kdp::consent_service_client::ConsentServiceClient;
+use shep_proto::pep::portal_client::PortalClient;
+use shep_proto::zags::civil_act_registry_client::CivilActRegistryClient;
+use shep_proto::{elicense, gbdfl, gbdul, kdp, pep, shep, zags};
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+use crate::case::{PermitItem, PersonFacts, Subject, SubjectName};
+use crate::dates::{from_proto_ts, to_proto_date};
+use crate::pilot::Language;
+
+/// A failed call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallError {
+    /// What failed and why, for the history.
+    pub message: String,
+    /// Trying again may help (UNAVAILABLE, DEADLINE_EXCEEDED, ...).
+    pub retryable: bool,
+    /// The call was refused for lack of consent: the scope or the reason.
+    pub consent_refused: Option<String>,
+}
+
+impl CallError {
+    fn from_status(method: &str, s: &tonic::Status) -> CallError {
+        use tonic::Code::*;
+        let reason = s
+            .get_details_error_info()
+            .map(|i| i.reason)
+            .unwrap_or_default();
+        let consent_refused = reason.starts_with("CONSENT_").then(|| reason.clone());
+        let retryable = matches!(
+            s.code(),
+            Unavailable
+                | DeadlineExceeded
+                | ResourceExhausted
+                | Aborted
+                | Unknown
+                | Internal
+                | Cancelled
+        ) && consent_refused.is_none();
+        let why = if reason.is_empty() {
+            String::new()
+        } else {
+            format!(" [{reason}]")
+        };
+        CallError {
+            message: format!("{method}: {:?}: {}{why}", s.code(), s.message()),
+            retryable,
+            consent_refused,
+        }
+    }
+
+    fn bad_data(method: &str, what: String) -> CallError {
+        CallError {
+            message: format!("{method}: bad answer: {what}"),
+            retryable: false,
+            consent_refused: None,
+        }
+    }
+}
+
+/// A KDP consent token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+/// One entry of a diff stream: the cursor after it and, when it is a name change SDU
+/// handles, the subject and its names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiffItem {
+    /// The stream cursor after this entry.
+    pub cursor: String,
+    /// The change, or `None` for an entry that is no change of name (or unusable data).
+    pub change: Option<NameChange>,
+}
+
+/// A change of name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameChange {
+    /// Whose.
+    pub subject: Subject,
+    /// Before.
+    pub old_name: SubjectName,
+    /// After.
+    pub new_name: SubjectName,
+}
+
+/// The result of PEP `Notify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notified {
+    /// Sent.
+    Sent {
+        sms_id: String,
+        sent_at: Option<Timestamp>,
+    },
+    /// No phone in BMG.
+    NoPhone,
+}
+
+/// What PEP `Notify` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyRequest {
+    pub case_id: String,
+    pub attempt: u32,
+    pub iin: Iin,
+    pub pilot_id: String,
+    pub permit_numbers: Vec<String>,
+    pub holder_bin: Option<Bin>,
+    pub holder_name: String,
+    pub language: Language,
+    pub text: String,
+}
+
+/// An SMS answer from PEP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerItem {
+    /// The stream cursor after it.
+    pub cursor: String,
+    /// The case it answers.
+    pub case_id: String,
+    /// The attempt it answers.
+    pub attempt: u32,
+    /// The SMS it answers.
+    pub sms_id: String,
+    /// As typed.
+    pub text: String,
+    /// When PEP received it.
+    pub received_at: Option<Timestamp>,
+}
+
+/// A stream of results.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, CallError>> + Send>>;
+
+/// Ends a stream with a retryable error when no item comes for `idle` (a peer that went
+/// silent must not stall a reader forever).
+fn idle_bounded<T: Send + 'static>(
+    s: BoxStream<T>,
+    idle: Duration,
+    method: &'static str,
+) -> BoxStream<T> {
+    Box::pin(futures::stream::unfold(Some(s), move |state| async move {
+        let mut s = state?;
+        match tokio::time::timeout(idle, s.next()).await {
+            Ok(Some(item)) => Some((item, Some(s))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(CallError {
+                    message: format!("{method}: nothing received for {} ms", idle.as_millis()),
+                    retryable: true,
+                    consent_refused: None,
+                }),
+                None,
+            )),
+        }
+    }))
+}
+
+/// The clients of every service SDU calls, over one channel to the bus.
+#[derive(Clone)]
+pub struct Upstream {
+    gbdul: OrganizationRegistryClient<Channel>,
+    gbdfl: PersonRegistryClient<Channel>,
+    zags: CivilActRegistryClient<Channel>,
+    elicense: PermitRegistryClient<Channel>,
+    pep: PortalClient<Channel>,
+    kdp: ConsentServiceClient<Channel>,
+    consumer: String,
+    timeout: Duration,
+}
+
+fn org_name(t: Option<&shep::LocalizedText>) -> SubjectName {
+    let t = t.cloned().unwrap_or_default();
+    SubjectName::Organization { ru: t.ru, kk: t.kk }
+}
+
+fn person_name(n: Option<&shep::FullName>) -> Option<SubjectName> {
+    let n = n?;
+    Some(SubjectName::Person {
+        surname: n.surname.clone(),
+        name: n.name.clone(),
+        patronymic: n.patronymic.clone(),
+    })
+}
+
+fn holder(subject: &Subject) -> elicense::Holder {
+    elicense::Holder {
+        id: Some(match subject {
+            Subject::Organization(b) => elicense::holder::Id::Bin(b.to_string()),
+            Subject::Individual(i) => elicense::holder::Id::Iin(i.to_string()),
+        }),
+    }
+}
+
+impl Upstream {
+    /// Clients over `channel`; `consumer` is SDU's system id (for KDP), `timeout` the deadline
+    /// of each unary call.
+    pub fn new(channel: Channel, consumer: &str, timeout: Duration) -> Self {
+        Upstream {
+            gbdul: OrganizationRegistryClient::new(channel.clone()),
+            gbdfl: PersonRegistryClient::new(channel.clone()),
+            zags: CivilActRegistryClient::new(channel.clone()),
+            elicense: PermitRegistryClient::new(channel.clone()),
+            pep: PortalClient::new(channel.clone()),
+            kdp: ConsentServiceClient::new(channel),
+            consumer: consumer.to_owned(),
+            timeout,
+        }
+    }
+
+    fn req<T>(&self, msg: T, token: Option<&Token>) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(self.timeout);
+        if let Some(Ok(v)) = token.map(|t| t.0.parse()) {
+            r.metadata_mut().insert(shep_consent::METADATA_KEY, v);
+        }
+        r
+    }
+
+    /// Renamed organizations registered on `date`, from `cursor` on (GBD UL `StreamNameChanges`).
+    pub async fn name_changes(
+        &self,
+        date: Date,
+        cursor: Option<String>,
+    ) -> Result<BoxStream<DiffItem>, CallError> {
+        const M: &str = "gbdul.StreamNameChanges";
+        let d = to_proto_date(date);
+        let req = gbdul::StreamNameChangesRequest {
+            range: Some(shep::DateRange {
+                from: Some(d),
+                to: Some(d),
+            }),
+            cursor: cursor.unwrap_or_default(),
+            limit: 0,
+        };
+        let mut r = tonic::Request::new(req);
+        r.set_timeout(Duration::from_secs(24 * 3600));
+        let s = self
+            .gbdul
+            .clone()
+            .stream_name_changes(r)
+            .await
+            .map_err(|s| CallError::from_status(M, &s))?
+            .into_inner();
+        let items: BoxStream<DiffItem> = Box::pin(s.map(|r| {
+            let c = r.map_err(|s| CallError::from_status(M, &s))?;
+            let change = Bin::parse(&c.bin).ok().map(|bin| NameChange {
+                subject: Subject::Organization(bin),
+                old_name: org_name(c.old_name.as_ref()),
+                new_name: org_name(c.new_name.as_ref()),
+            });
+            if change.is_none() {
+                tracing::warn!(bin = %c.bin, "GBD UL name change with a malformed BIN skipped");
+            }
+            Ok(DiffItem {
+                cursor: c.cursor,
+                change,
+            })
+        }));
+        Ok(idle_bounded(items, self.timeout, "gbdul.StreamNameChanges"))
+    }
+
+    /// Changes of ФИО registered on `date` (ZAGS `StreamActs` of NAME_CHANGE, MARRIAGE and
+    /// DIVORCE), from `cursor` on. Acts that leave the name as it was are not changes.
+    pub async fn name_acts(
+        &self,
+        date: Date,
+        cursor: Option<String>,
+    ) -> Result<BoxStream<DiffItem>, CallError> {
+        const M: &str = "zags.StreamActs";
+        let d = to_proto_date(date);
+        let req = zags::StreamActsRequest {
+            range: Some(shep::DateRange {
+                from: Some(d),
+                to: Some(d),
+            }),
+            kinds: vec![
+                zags::ActKind::NameChange as i32,
+                zags::ActKind::Marriage as i32,
+                zags::ActKind::Divorce as i32,
+            ],
+            cursor: cursor.unwrap_or_default(),
+            limit: 0,
+        };
+        let mut r = tonic::Request::new(req);
+        r.set_timeout(Duration::from_secs(24 * 3600));
+        let s = self
+            .zags
+            .clone()
+            .stream_acts(r)
+            .await
+            .map_err(|s| CallError::from_status(M, &s))?
+            .into_inner();
+        let items: BoxStream<DiffItem> = Box::pin(s.map(|r| {
+            let a = r.map_err(|s| CallError::from_status(M, &s))?;
+            let names = person_name(a.old_name.as_ref()).zip(person_name(a.new_name.as_ref()));
+            let change = match (Iin::parse(&a.subject_iin), names) {
+                (Ok(iin), Some((old, new))) if old != new => Some(NameChange {
+                    subject: Subject::Individual(iin),
+                    old_name: old,
+                    new_name: new,
+                }),
+                _ => None,
+            };
+            Ok(DiffItem {
+                cursor: a.cursor,
+                change,
+            })
+        }));
+        Ok(idle_bounded(items, self.timeout, "zags.StreamActs"))
+    }
+
+    /// The ACTIVE permits of `subject` of the given services (e-license `ListPermits`).
+    pub async fn list_permits(
+        &self,
+        subject: &Subject,
+        services: &[String],
+        token: Option<&Token>,
+    ) -> Result<Vec<PermitItem>, CallError> {
+        const M: &str = "elicense.ListPermits";
+        let req = elicense::ListPermitsRequest {
+            holder: Some(holder(subject)),
+            service_codes: services.to_vec(),
+        };
+        let res = self
+            .elicense
+            .clone()
+            .list_permits(self.req(req, token))
+            .await
+            .map_err(|s| CallError::from_status(M, &s))?;
+        Ok(res
+            .into_inner()
+            .permits
+            .into_iter()
+            .filter(|p| {
+                p.status() == elicense::PermitStatus::Active && services.contains(&p.service_code)
+            })
+            .map(|p| PermitItem {
+                number: p.number,
+                service_code: p.service_code,
+                new_number: None,
+            })
+            .collect())
+    }
+
+    /// The first head of an organization (GBD UL `GetOrganization`); `None` when none is
+    /// registered.
+    pub async fn first_head(&self, bin: Bin) -> Result<Option<Iin>, CallError> {
+        const M: &str = "gbdul.GetOrganization";
+        let req = gbdul::GetOrganizationRequest {
+            bin: bin.to_string(),
+        };
+        let org = self
+            .gbdul
+            .clone()
+            .get_organization(self.req(req, None))
+            .await
+            .map_err(|s| CallError::from_status(M, &s))?;
+        match org.into_inner().first_head {
+            None => Ok(None),
+            Some(h) if h.iin.is_empty() => Ok(None),
+            Some(h) => Iin::parse(&h.iin)
+                .map(Some)
+                .map_err(|e| CallError::bad_data(M, format!("first head IIN {:?}: {e}", h.iin))),
+        }
+    }
+
+    /// A KDP token for (subject, SDU, scope). A refusal is a [`CallError`] with
+    /// `consent_refused` set to the scope.
+    pub async fn issue_token(&self, subject: Iin, scope: &str) -> Result<Token, CallError> {
+        const M: &str = "kdp.IssueToken";
+        let req = kdp::IssueTokenRequest {
+            subject: subject.to_string(),
+            consumer: self.consumer.clone(),
+            scope: scope.to_owned(),
+        };
+        match self.kdp.clone().issue_token(self.req(req, None)).await {
+            Ok(r) => Ok(Token(r.into_inner().token)),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(CallError {
+                message: format!("{M}: {scope}: {}", s.message()),
+                retryable: false,
+                consent_refused: Some(scope.to_owned()),
+            }),
+            Err(s) => Err(CallError::from_status(M, &s)),
+        }
+    }
+
+    /// GBD FL `GetPerson` and ZAGS `GetPersonActs`, reduced to the four criteria.
+    pub async fn person_facts(
+        &self,
+        iin: Iin,
+        person_token: &Token,
+        acts_token: &Token,
+    ) -> Result<PersonFacts, CallError> {
+        let mut gbdfl = self.gbdfl.clone();
+        let mut zags = self.zags.clone();
+        let p = gbdfl.get_person(self.req(
+            gbdfl::GetPersonRequest {
+                iin: iin.to_string(),
+            },
+            Some(person_token),
+        ));
+        let a = zags.get_person_acts(self.req(
+            zags::GetPersonActsRequest {
+                iin: iin.to_string(),
+            },
+            Some(acts_token),
+        ));
+        let (p, a) = futures::join!(p, a);
+        let p = p
+            .map_err(|s| CallError::from_status("gbdfl.GetPerson", &s))?
+            .into_inner();
+        let a = a
+            .map_err(|s| CallError::from_status("zags.GetPersonActs", &s))?
+            .into_inner();
+        let me = iin.to_string();
+        Ok(PersonFacts {
+            dead: p.life_status() == gbdfl::LifeStatus::Dead,
+            declared_missing_or_dead: matches!(
+                p.missing_status(),
+                gbdfl::MissingStatus::Missing | gbdfl::MissingStatus::DeclaredDead
+            ),
+            death_act: a
+                .acts
+                .iter()
+                .any(|x| x.kind() == zags::ActKind::Death && x.subject_iin == me),
+            abroad: p.residence.as_ref().is_some_and(|r| r.permanent_abroad),
+            incapable: p.legal_capacity() == gbdfl::LegalCapacity::Incapable,
+            imprisoned: p.imprisonment.as_ref().is_some_and(|i| i.imprisoned),
+        })
+    }
+
+    /// PEP `Notify` (idempotent per case and attempt).
+    pub async fn notify(&self, n: NotifyRequest, token: &Token) -> Result<Notified, CallError> {
+        const M: &str = "pep.Notify";
+        let req = pep::NotifyRequest {
+            case_id: n.case_id,
+            attempt: n.attempt,
+            iin: n.iin.to_string(),
+            pilot_id: n.pilot_id,
+            permit_numbers: n.permit_numbers,
+            holder_bin: n.holder_bin.map(|b| b.to_string()).unwrap_or_default(),
+            holder_name: n.holder_name,
+            language: match n.language {
+                Language::Ru => pep::Language::Ru as i32,
+                Language::Kk => pep::Language::Kk as i32,
+            },
+            text: n.text,
+        };
+        let r = self
+            .pep
+            .clone()
+            .notify(self.req(req, Some(token)))
+            .await
+            .map_err(|s| CallError::from_status(M, &s))?
+            .into_inner();
+        match r.outcome() {
+            pep::NotifyOutcome::Sent => Ok(Notified::Sent {
+                sms_id: r.sms_id,
+                sent_at: r.sent_at.as_ref().and_then(from_proto_ts),
+            }),
+            pep::NotifyOutcome::NoPhone => Ok(Notified::NoPhone),
+            other => Err(CallError::bad_data(M, format!("outcome {other:?}"))),
+        }
+    }
+
+    /// e-license `ReissuePermit` (idempotent by key); the new permit's number.
+    pub async fn reissue(
+        &self,
+        permit: &str,
+        subject: &Subject,
+        new_name: &SubjectName,
+        idempotency_key: &str,
+        reason: String,
+        token: Option<&Token>,
+    ) -> Result<String, CallError> {
+        const M: &str = "elicense.ReissuePermit";
+        let name = match new_name {
+            SubjectName::Organization { ru, kk } => {
+                elicense::holder_name::Name::Organization(shep::LocalizedText {
+                    ru: ru.clone(),
+                    kk: kk.clone(),
+                })
+            }
+            SubjectName::Person {
+                surname,
+                name,
+                patronymic,
+            } => elicense::holder_name::Name::Person(shep::FullName {
+                surname: surname.clone(),
+                name: name.clone(),
+                patronymic: patronymic.clone(),
+            }),
+        };
+        let req = elicense::ReissuePermitRequest {
+            permit_number: permit.to_owned(),
+            holder: Some(holder(subject)),
+            new_holder_name: Some(elicense::HolderName { name: Some(name) }),
+            idempotency_key: idempotency_key.to_owned(),
+            reason,
+        };
+        let r = self
+            .elicense
+            .clone()
+            .reissue_permit(self.req(req, token))
+            .await
+            .map_err(|s| CallError::from_status(M, &s))?;
+        match r.into_inner().new_permit {
+            Some(p) if !p.number.is_empty() => Ok(p.number),
+            _ => Err(CallError::bad_data(M, "no new permit".into())),
+        }
+    }
+
+    /// PEP `StreamAnswers` from `cursor`; with `follow` the stream stays open.
+    pub async fn answers(
+        &self,
+        cursor: Option<String>,
+        follow: bool,
+    ) -> Result<BoxStream<AnswerItem>, CallError> {
+        const M: &str = "pep.StreamAnswers";
+        let req = pep::StreamAnswersRequest {
+            cursor: cursor.unwrap_or_default(),
+            follow,
+        };
+        let mut r = tonic::Request::new(req);
+        if !follow {
+            r.set_timeout(self.timeout);
+        }
+        let s = self
+            .pep
+            .clone()
+            .stream_answers(r)
+            .await
+            .map_err(|s| CallError::from_status(M, &s))?
+            .into_inner();
+        let items: BoxStream<AnswerItem> = Box::pin(s.map(|r| {
+            let a = r.map_err(|s| CallError::from_status(M, &s))?;
+            Ok(AnswerItem {
+                cursor: a.cursor,
+                case_id: a.case_id,
+                attempt: a.attempt,
+                sms_id: a.sms_id,
+                text: a.text,
+                received_at: a.received_at.as_ref().and_then(from_proto_ts),
+            })
+        }));
+        // Following, silence is normal; a plain read ends, or stalls only on a stuck peer.
+        Ok(if follow {
+            items
+        } else {
+            idle_bounded(items, self.timeout, M)
+        })
+    }
+
+    /// The deadline of one call (client side too: a peer that never answers must not hold a
+    /// case forever).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified() {
+        let e = CallError::from_status("m", &tonic::Status::unavailable("down"));
+        assert!(e.retryable && e.consent_refused.is_none());
+        let e = CallError::from_status("m", &tonic::Status::not_found("no"));
+        assert!(!e.retryable);
+        let refused = shep_runtime::status::error(
+            tonic::Code::PermissionDenied,
+            "revoked",
+            "CONSENT_REVOKED",
+            [],
+        );
+        let e = CallError::from_status("m", &refused);
+        assert_eq!(e.consent_refused.as_deref(), Some("CONSENT_REVOKED"));
+        assert!(!e.retryable);
+        assert!(e.message.contains("CONSENT_REVOKED"));
+    }
+}

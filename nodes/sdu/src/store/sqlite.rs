@@ -1,0 +1,1553 @@
+//! The SQLite store: one file in WAL mode, schema migrations with a version table, and an
+//! exclusive lock file (`<db>.lock`) so that one runner at a time uses a database. The lock
+//! is an OS file lock: a runner killed with SIGKILL releases it with its process.
+//!
+//! Two connections: one writes (every change is one transaction), one reads (WAL lets it
+//! read while the writer writes). `synchronous = NORMAL`: a committed transaction survives
+//! the process being killed; only a power loss may drop the last ones.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use shep_domain::Iin;
+
+use super::{
+    CaseCommit, CaseFilter, CommitResult, DiffCommit, DiffPhase, DiffResult, EventRecord,
+    EventWhat, FunnelCounts, HolderRecord, RunRecord, RunState, Store, StoreError, Versioned,
+    derive_run_state,
+};
+use crate::case::{
+    Answer, Case, CaseId, HistoryEntry, Outcome, PermitItem, RunId, State, StateClass, StepKind,
+    Subject, SubjectName,
+};
+use crate::dates::{from_nanos, parse_date, to_nanos};
+
+/// The schema, one migration per version; never edit a released one, add the next.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+CREATE TABLE runs (
+    run_id      TEXT PRIMARY KEY,
+    pilot_id    TEXT NOT NULL,
+    date        TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    phase       TEXT NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    error       TEXT,
+    diffs       INTEGER NOT NULL DEFAULT 0,
+    n_active    INTEGER NOT NULL DEFAULT 0,
+    n_waiting   INTEGER NOT NULL DEFAULT 0,
+    n_closed    INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (pilot_id, date)
+);
+CREATE TABLE cases (
+    case_id       TEXT PRIMARY KEY,
+    run_id        TEXT NOT NULL REFERENCES runs(run_id),
+    pilot_id      TEXT NOT NULL,
+    date          TEXT NOT NULL,
+    subject_tag   TEXT NOT NULL,
+    subject_id    TEXT NOT NULL,
+    old_name      TEXT NOT NULL,
+    new_name      TEXT NOT NULL,
+    recipient_iin TEXT,
+    state         TEXT NOT NULL,
+    attempt       INTEGER NOT NULL DEFAULT 0,
+    deadline      INTEGER,
+    outcome       TEXT,
+    class         INTEGER NOT NULL,
+    sms_attempts  INTEGER NOT NULL DEFAULT 0,
+    answer        TEXT,
+    failures      INTEGER NOT NULL DEFAULT 0,
+    n_permits     INTEGER NOT NULL,
+    opened_at     INTEGER NOT NULL,
+    closed_at     INTEGER,
+    version       INTEGER NOT NULL
+);
+CREATE INDEX cases_by_run ON cases(run_id, case_id);
+CREATE INDEX cases_active ON cases(case_id) WHERE class = 0;
+CREATE INDEX cases_timers ON cases(deadline) WHERE deadline IS NOT NULL;
+CREATE TABLE case_permits (
+    case_id      TEXT NOT NULL,
+    idx          INTEGER NOT NULL,
+    number       TEXT NOT NULL,
+    service_code TEXT NOT NULL,
+    new_number   TEXT,
+    PRIMARY KEY (case_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE events (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       INTEGER NOT NULL,
+    pilot_id TEXT NOT NULL,
+    run_id   TEXT NOT NULL,
+    case_id  TEXT,
+    kind     TEXT NOT NULL,
+    attempt  INTEGER NOT NULL DEFAULT 0,
+    detail   TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX events_by_case ON events(case_id, seq) WHERE case_id IS NOT NULL;
+CREATE TABLE cursors (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE holders (
+    subject_tag TEXT NOT NULL,
+    subject_id  TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    permits     TEXT NOT NULL,
+    case_id     TEXT NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (subject_tag, subject_id)
+);
+"#,
+];
+
+/// The event kind of a run state change.
+const RUN_STATE_KIND: &str = "RUN_STATE";
+
+fn db(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            StoreError::Busy(format!("{e} (extended code {})", f.extended_code))
+        }
+        rusqlite::Error::SqliteFailure(f, _) => {
+            StoreError::Backend(format!("{e} (extended code {})", f.extended_code))
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(what.into())
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    path: PathBuf,
+    write: Mutex<Connection>,
+    read: Mutex<Connection>,
+    // Held for the store's lifetime; the OS releases it when the process dies.
+    _lock: File,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+fn take_lock(path: &Path) -> Result<File, StoreError> {
+    let lp = lock_path(path);
+    let io = |e: std::io::Error| StoreError::Io {
+        path: lp.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lp)
+        .map_err(io)?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            let holder = if holder.trim().is_empty() {
+                "unknown process".to_owned()
+            } else {
+                holder.trim().to_owned()
+            };
+            return Err(StoreError::Locked {
+                path: path.display().to_string(),
+                holder,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    f.set_len(0).map_err(io)?;
+    f.rewind().map_err(io)?;
+    writeln!(f, "pid {}", std::process::id()).map_err(io)?;
+    f.flush().map_err(io)?;
+    Ok(f)
+}
+
+fn configure(c: &Connection) -> Result<(), StoreError> {
+    c.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(db)?;
+    c.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+    c.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+    c.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+    c.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn migrate(c: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    c.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .map_err(db)?;
+    let current: i64 = c
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(StoreError::NewerSchema {
+            path: path.display().to_string(),
+            found: current,
+            known,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        tx.execute_batch(sql).map_err(db)?;
+        tx.execute("DELETE FROM schema_version", []).map_err(db)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [i as i64 + 1],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        tracing::info!(path = %path.display(), version = i + 1, "SDU database migrated");
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database at `path` for a runner: takes the lock,
+    /// migrates the schema.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+                path: dir.display().to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        let lock = take_lock(path)?;
+        let mut write = Connection::open(path).map_err(|e| StoreError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        configure(&write)?;
+        migrate(&mut write, path)?;
+        let read = Connection::open(path).map_err(|e| StoreError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        configure(&read)?;
+        Ok(SqliteStore {
+            path: path.to_owned(),
+            write: Mutex::new(write),
+            read: Mutex::new(read),
+            _lock: lock,
+        })
+    }
+
+    /// The schema version this build writes.
+    pub fn schema_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn w(&self) -> MutexGuard<'_, Connection> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn r(&self) -> MutexGuard<'_, Connection> {
+        self.read.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+// ---- rows ↔ domain -------------------------------------------------------------------
+
+fn class_code(c: StateClass) -> i64 {
+    match c {
+        StateClass::Active => 0,
+        StateClass::Waiting => 1,
+        StateClass::Closed => 2,
+    }
+}
+
+fn state_cols(s: &State) -> (&'static str, i64, Option<i64>, Option<&'static str>) {
+    match s {
+        State::ResolveRecipient => ("resolve_recipient", 0, None, None),
+        State::CheckConsent => ("check_consent", 0, None, None),
+        State::CheckCriteria => ("check_criteria", 0, None, None),
+        State::Notify { attempt } => ("notify", i64::from(*attempt), None, None),
+        State::AwaitAnswer { attempt, deadline } => (
+            "await_answer",
+            i64::from(*attempt),
+            Some(to_nanos(*deadline)),
+            None,
+        ),
+        State::Reissue => ("reissue", 0, None, None),
+        State::Closed(o) => ("closed", 0, None, Some(o.as_str())),
+    }
+}
+
+fn state_from(
+    name: &str,
+    attempt: i64,
+    deadline: Option<i64>,
+    outcome: Option<&str>,
+) -> Result<State, StoreError> {
+    let attempt = u32::try_from(attempt).map_err(|_| corrupt(format!("attempt {attempt}")))?;
+    Ok(match name {
+        "resolve_recipient" => State::ResolveRecipient,
+        "check_consent" => State::CheckConsent,
+        "check_criteria" => State::CheckCriteria,
+        "notify" => State::Notify { attempt },
+        "await_answer" => State::AwaitAnswer {
+            attempt,
+            deadline: from_nanos(
+                deadline.ok_or_else(|| corrupt("await_answer without a deadline"))?,
+            ),
+        },
+        "reissue" => State::Reissue,
+        "closed" => State::Closed(
+            outcome
+                .and_then(Outcome::parse)
+                .ok_or_else(|| corrupt(format!("closed with outcome {outcome:?}")))?,
+        ),
+        other => return Err(corrupt(format!("unknown case state {other:?}"))),
+    })
+}
+
+fn answer_str(a: Option<Answer>) -> Option<&'static str> {
+    a.map(|a| match a {
+        Answer::Agree => "agree",
+        Answer::Refuse => "refuse",
+    })
+}
+
+fn name_json(n: &SubjectName) -> Result<String, StoreError> {
+    serde_json::to_string(n).map_err(|e| corrupt(e.to_string()))
+}
+
+const CASE_COLS: &str = "case_id, run_id, pilot_id, date, subject_tag, subject_id, old_name, new_name, recipient_iin, \
+     state, attempt, deadline, outcome, sms_attempts, answer, failures, opened_at, closed_at, version";
+
+struct CaseRow {
+    case: Case,
+    version: u64,
+}
+
+fn case_row(r: &Row<'_>) -> rusqlite::Result<Result<CaseRow, StoreError>> {
+    let id: String = r.get(0)?;
+    let run: String = r.get(1)?;
+    let pilot: String = r.get(2)?;
+    let date: String = r.get(3)?;
+    let tag: String = r.get(4)?;
+    let sid: String = r.get(5)?;
+    let old: String = r.get(6)?;
+    let new: String = r.get(7)?;
+    let recipient: Option<String> = r.get(8)?;
+    let state: String = r.get(9)?;
+    let attempt: i64 = r.get(10)?;
+    let deadline: Option<i64> = r.get(11)?;
+    let outcome: Option<String> = r.get(12)?;
+    let sms: i64 = r.get(13)?;
+    let answer: Option<String> = r.get(14)?;
+    let failures: i64 = r.get(15)?;
+    let opened: i64 = r.get(16)?;
+    let closed: Option<i64> = r.get(17)?;
+    let version: i64 = r.get(18)?;
+    Ok((|| {
+        let case = Case {
+            id: CaseId(id.clone()),
+            run_id: RunId(run),
+            pilot_id: pilot,
+            date: parse_date(&date).map_err(corrupt)?,
+            subject: Subject::parse(&tag, &sid)
+                .ok_or_else(|| corrupt(format!("case {id}: subject {tag}:{sid}")))?,
+            old_name: serde_json::from_str(&old)
+                .map_err(|e| corrupt(format!("case {id}: old name: {e}")))?,
+            new_name: serde_json::from_str(&new)
+                .map_err(|e| corrupt(format!("case {id}: new name: {e}")))?,
+            recipient: recipient
+                .map(|s| {
+                    Iin::parse(&s).map_err(|e| corrupt(format!("case {id}: recipient {s}: {e}")))
+                })
+                .transpose()?,
+            permits: vec![],
+            state: state_from(&state, attempt, deadline, outcome.as_deref())?,
+            sms_attempts: u32::try_from(sms).map_err(|_| corrupt("sms_attempts"))?,
+            answer: match answer.as_deref() {
+                None => None,
+                Some("agree") => Some(Answer::Agree),
+                Some("refuse") => Some(Answer::Refuse),
+                Some(other) => return Err(corrupt(format!("case {id}: answer {other:?}"))),
+            },
+            failures: u32::try_from(failures).map_err(|_| corrupt("failures"))?,
+            opened_at: from_nanos(opened),
+            closed_at: closed.map(from_nanos),
+        };
+        Ok(CaseRow {
+            case,
+            version: u64::try_from(version).map_err(|_| corrupt("version"))?,
+        })
+    })())
+}
+
+fn load_permits(c: &Connection, case: &mut Case) -> Result<(), StoreError> {
+    let mut st = c
+        .prepare_cached("SELECT number, service_code, new_number FROM case_permits WHERE case_id = ?1 ORDER BY idx")
+        .map_err(db)?;
+    let rows = st
+        .query_map([&case.id.0], |r| {
+            Ok(PermitItem {
+                number: r.get(0)?,
+                service_code: r.get(1)?,
+                new_number: r.get(2)?,
+            })
+        })
+        .map_err(db)?;
+    case.permits = rows.collect::<Result<_, _>>().map_err(db)?;
+    Ok(())
+}
+
+fn run_row(r: &Row<'_>) -> rusqlite::Result<Result<RunRecord, StoreError>> {
+    let id: String = r.get(0)?;
+    let pilot: String = r.get(1)?;
+    let date: String = r.get(2)?;
+    let state: String = r.get(3)?;
+    let phase: String = r.get(4)?;
+    let started: i64 = r.get(5)?;
+    let finished: Option<i64> = r.get(6)?;
+    let error: Option<String> = r.get(7)?;
+    let diffs: i64 = r.get(8)?;
+    let active: i64 = r.get(9)?;
+    let waiting: i64 = r.get(10)?;
+    let closed: i64 = r.get(11)?;
+    Ok((|| {
+        Ok(RunRecord {
+            date: parse_date(&date).map_err(corrupt)?,
+            state: RunState::parse(&state)
+                .ok_or_else(|| corrupt(format!("run {id}: state {state:?}")))?,
+            phase: DiffPhase::parse(&phase)
+                .ok_or_else(|| corrupt(format!("run {id}: phase {phase:?}")))?,
+            id: RunId(id),
+            pilot_id: pilot,
+            started_at: from_nanos(started),
+            finished_at: finished.map(from_nanos),
+            error,
+            diffs: diffs.max(0) as u64,
+            active: active.max(0) as u64,
+            waiting: waiting.max(0) as u64,
+            closed: closed.max(0) as u64,
+        })
+    })())
+}
+
+const RUN_COLS: &str = "run_id, pilot_id, date, state, phase, started_at, finished_at, error, diffs, n_active, n_waiting, n_closed";
+
+fn get_run(c: &Connection, id: &str) -> Result<Option<RunRecord>, StoreError> {
+    let mut st = c
+        .prepare_cached(&format!("SELECT {RUN_COLS} FROM runs WHERE run_id = ?1"))
+        .map_err(db)?;
+    st.query_row([id], run_row)
+        .optional()
+        .map_err(db)?
+        .transpose()
+}
+
+fn event_row(r: &Row<'_>) -> rusqlite::Result<Result<EventRecord, StoreError>> {
+    let seq: i64 = r.get(0)?;
+    let at: i64 = r.get(1)?;
+    let pilot: String = r.get(2)?;
+    let run: String = r.get(3)?;
+    let case: Option<String> = r.get(4)?;
+    let kind: String = r.get(5)?;
+    let attempt: i64 = r.get(6)?;
+    let detail: String = r.get(7)?;
+    Ok((|| {
+        let what = if kind == RUN_STATE_KIND {
+            EventWhat::RunState(
+                RunState::parse(&detail)
+                    .ok_or_else(|| corrupt(format!("event {seq}: {detail:?}")))?,
+            )
+        } else {
+            EventWhat::Step(HistoryEntry {
+                kind: StepKind::parse(&kind)
+                    .ok_or_else(|| corrupt(format!("event {seq}: kind {kind:?}")))?,
+                at: from_nanos(at),
+                attempt: u32::try_from(attempt).map_err(|_| corrupt("attempt"))?,
+                detail,
+            })
+        };
+        Ok(EventRecord {
+            seq: seq as u64,
+            at: from_nanos(at),
+            pilot_id: pilot,
+            run_id: RunId(run),
+            case_id: case.map(CaseId),
+            what,
+        })
+    })())
+}
+
+fn insert_step(
+    tx: &Connection,
+    pilot: &str,
+    run: &RunId,
+    case: &CaseId,
+    h: &HistoryEntry,
+) -> Result<EventRecord, StoreError> {
+    let mut st = tx
+        .prepare_cached(
+            "INSERT INTO events (at, pilot_id, run_id, case_id, kind, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(db)?;
+    st.execute(params![
+        to_nanos(h.at),
+        pilot,
+        run.0,
+        case.0,
+        h.kind.as_str(),
+        i64::from(h.attempt),
+        h.detail
+    ])
+    .map_err(db)?;
+    Ok(EventRecord {
+        seq: tx.last_insert_rowid() as u64,
+        at: h.at,
+        pilot_id: pilot.to_owned(),
+        run_id: run.clone(),
+        case_id: Some(case.clone()),
+        what: EventWhat::Step(h.clone()),
+    })
+}
+
+/// Applies counter deltas and re-derives the run state; writes a run event when it changed.
+fn touch_run(
+    tx: &Connection,
+    run: &RunId,
+    delta: [i64; 3],
+    diffs: i64,
+    at: Timestamp,
+) -> Result<Option<EventRecord>, StoreError> {
+    if delta != [0, 0, 0] || diffs != 0 {
+        tx.prepare_cached(
+            "UPDATE runs SET n_active = n_active + ?2, n_waiting = n_waiting + ?3, n_closed = n_closed + ?4, \
+             diffs = diffs + ?5 WHERE run_id = ?1",
+        )
+        .map_err(db)?
+        .execute(params![run.0, delta[0], delta[1], delta[2], diffs])
+        .map_err(db)?;
+    }
+    let rec = get_run(tx, &run.0)?.ok_or_else(|| StoreError::NoRun(run.0.clone()))?;
+    let next = derive_run_state(
+        rec.phase,
+        rec.state == RunState::Failed,
+        rec.active,
+        rec.waiting,
+    );
+    if next == rec.state {
+        return Ok(None);
+    }
+    let finished = matches!(next, RunState::Done | RunState::Failed).then(|| to_nanos(at));
+    tx.prepare_cached("UPDATE runs SET state = ?2, finished_at = ?3 WHERE run_id = ?1")
+        .map_err(db)?
+        .execute(params![run.0, next.as_str(), finished])
+        .map_err(db)?;
+    Ok(Some(insert_run_event(tx, &rec.pilot_id, run, next, at)?))
+}
+
+fn insert_run_event(
+    tx: &Connection,
+    pilot: &str,
+    run: &RunId,
+    state: RunState,
+    at: Timestamp,
+) -> Result<EventRecord, StoreError> {
+    tx.prepare_cached("INSERT INTO events (at, pilot_id, run_id, case_id, kind, attempt, detail) VALUES (?1, ?2, ?3, NULL, ?4, 0, ?5)")
+        .map_err(db)?
+        .execute(params![to_nanos(at), pilot, run.0, RUN_STATE_KIND, state.as_str()])
+        .map_err(db)?;
+    Ok(EventRecord {
+        seq: tx.last_insert_rowid() as u64,
+        at,
+        pilot_id: pilot.to_owned(),
+        run_id: run.clone(),
+        case_id: None,
+        what: EventWhat::RunState(state),
+    })
+}
+
+fn set_cursor_tx(tx: &Connection, name: &str, value: &str) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT INTO cursors (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value")
+        .map_err(db)?
+        .execute([name, value])
+        .map_err(db)?;
+    Ok(())
+}
+
+fn delta_of(c: StateClass, sign: i64) -> [i64; 3] {
+    let mut d = [0; 3];
+    d[class_code(c) as usize] = sign;
+    d
+}
+
+impl Store for SqliteStore {
+    fn create_run(
+        &self,
+        pilot_id: &str,
+        date: Date,
+        at: Timestamp,
+    ) -> Result<(RunRecord, bool, Vec<EventRecord>), StoreError> {
+        let id = RunId::of(pilot_id, date);
+        let mut c = self.w();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        if let Some(existing) = get_run(&tx, &id.0)? {
+            return Ok((existing, false, vec![]));
+        }
+        tx.execute(
+            "INSERT INTO runs (run_id, pilot_id, date, state, phase, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id.0, pilot_id, date.to_string(), RunState::Running.as_str(), DiffPhase::GbdUl.as_str(), to_nanos(at)],
+        )
+        .map_err(db)?;
+        let ev = insert_run_event(&tx, pilot_id, &id, RunState::Running, at)?;
+        let rec = get_run(&tx, &id.0)?.ok_or_else(|| StoreError::NoRun(id.0.clone()))?;
+        tx.commit().map_err(db)?;
+        Ok((rec, true, vec![ev]))
+    }
+
+    fn run(&self, id: &RunId) -> Result<Option<RunRecord>, StoreError> {
+        get_run(&self.r(), &id.0)
+    }
+
+    fn runs_collecting(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let c = self.r();
+        let mut st = c
+            .prepare(&format!("SELECT {RUN_COLS} FROM runs WHERE phase != 'done' AND state != 'FAILED' ORDER BY started_at, run_id"))
+            .map_err(db)?;
+        let rows = st.query_map([], run_row).map_err(db)?;
+        rows.map(|r| r.map_err(db).and_then(|x| x)).collect()
+    }
+
+    fn runs_running(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let c = self.r();
+        let mut st = c
+            .prepare(&format!(
+                "SELECT {RUN_COLS} FROM runs WHERE state = 'RUNNING' ORDER BY started_at, run_id"
+            ))
+            .map_err(db)?;
+        let rows = st.query_map([], run_row).map_err(db)?;
+        rows.map(|r| r.map_err(db).and_then(|x| x)).collect()
+    }
+
+    fn set_phase(
+        &self,
+        run: &RunId,
+        phase: DiffPhase,
+        at: Timestamp,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let mut c = self.w();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let n = tx
+            .execute(
+                "UPDATE runs SET phase = ?2 WHERE run_id = ?1",
+                params![run.0, phase.as_str()],
+            )
+            .map_err(db)?;
+        if n == 0 {
+            return Err(StoreError::NoRun(run.0.clone()));
+        }
+        let ev = touch_run(&tx, run, [0; 3], 0, at)?;
+        tx.commit().map_err(db)?;
+        Ok(ev.into_iter().collect())
+    }
+
+    fn fail_run(
+        &self,
+        run: &RunId,
+        error: &str,
+        at: Timestamp,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let mut c = self.w();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let rec = get_run(&tx, &run.0)?.ok_or_else(|| StoreError::NoRun(run.0.clone()))?;
+        if rec.state == RunState::Failed {
+            return Ok(vec![]);
+        }
+        tx.execute(
+            "UPDATE runs SET state = ?2, error = ?3, finished_at = ?4 WHERE run_id = ?1",
+            params![run.0, RunState::Failed.as_str(), error, to_nanos(at)],
+        )
+        .map_err(db)?;
+        let ev = insert_run_event(&tx, &rec.pilot_id, run, RunState::Failed, at)?;
+        tx.commit().map_err(db)?;
+        Ok(vec![ev])
+    }
+
+    fn reopen_run(&self, run: &RunId, at: Timestamp) -> Result<Vec<EventRecord>, StoreError> {
+        let mut c = self.w();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let rec = get_run(&tx, &run.0)?.ok_or_else(|| StoreError::NoRun(run.0.clone()))?;
+        if rec.state != RunState::Failed {
+            return Ok(vec![]);
+        }
+        // Back to RUNNING first; `touch_run` then derives the state from the counters.
+        tx.execute(
+            "UPDATE runs SET state = ?2, error = NULL, finished_at = NULL WHERE run_id = ?1",
+            params![run.0, RunState::Running.as_str()],
+        )
+        .map_err(db)?;
+        let mut events = vec![insert_run_event(
+            &tx,
+            &rec.pilot_id,
+            run,
+            RunState::Running,
+            at,
+        )?];
+        events.extend(touch_run(&tx, run, [0; 3], 0, at)?);
+        tx.commit().map_err(db)?;
+        Ok(events)
+    }
+
+    fn commit_diff(&self, d: DiffCommit<'_>) -> Result<DiffResult, StoreError> {
+        let mut c = self.w();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let mut events = vec![];
+        let mut opened = false;
+        let mut delta = [0; 3];
+        if let Some((case, history)) = d.opened {
+            let (state, attempt, deadline, outcome) = state_cols(&case.state);
+            let n = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO cases ({CASE_COLS}, class, n_permits) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, 1, ?19, ?20) \
+                     ON CONFLICT(case_id) DO NOTHING"
+                ))
+                .map_err(db)?
+                .execute(params![
+                    case.id.0,
+                    case.run_id.0,
+                    case.pilot_id,
+                    case.date.to_string(),
+                    case.subject.tag(),
+                    case.subject.id(),
+                    name_json(&case.old_name)?,
+                    name_json(&case.new_name)?,
+                    case.recipient.map(|i| i.to_string()),
+                    state,
+                    attempt,
+                    deadline,
+                    outcome,
+                    i64::from(case.sms_attempts),
+                    answer_str(case.answer),
+                    i64::from(case.failures),
+                    to_nanos(case.opened_at),
+                    case.closed_at.map(to_nanos),
+                    class_code(case.state.class()),
+                    case.permits.len() as i64,
+                ])
+                .map_err(db)?;
+            if n == 1 {
+                opened = true;
+                let mut st = tx
+                    .prepare_cached(
+                        "INSERT INTO case_permits (case_id, idx, number, service_code, new_number) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .map_err(db)?;
+                for (i, p) in case.permits.iter().enumerate() {
+                    st.execute(params![
+                        case.id.0,
+                        i as i64,
+                        p.number,
+                        p.service_code,
+                        p.new_number
+                    ])
+                    .map_err(db)?;
+                }
+                for h in history {
+                    events.push(insert_step(&tx, &case.pilot_id, &case.run_id, &case.id, h)?);
+                }
+                delta = delta_of(case.state.class(), 1);
+            }
+        }
+        set_cursor_tx(&tx, &d.phase.cursor_name(d.run), d.cursor)?;
+        events.extend(touch_run(&tx, d.run, delta, i64::from(d.counted), d.at)?);
+        tx.commit().map_err(db)?;
+        Ok(DiffResult { opened, events })
+    }
+
+    fn case(&self, id: &CaseId) -> Result<Option<Versioned<Case>>, StoreError> {
+        let c = self.r();
+        let mut st = c
+            .prepare_cached(&format!("SELECT {CASE_COLS} FROM cases WHERE case_id = ?1"))
+            .map_err(db)?;
+        let Some(row) = st.query_row([&id.0], case_row).optional().map_err(db)? else {
+            return Ok(None);
+        };
+        let mut row = row?;
+        load_permits(&c, &mut row.case)?;
+        Ok(Some(Versioned {
+            value: row.case,
+            version: row.version,
+        }))
+    }
+
+    fn commit_case(&self, cc: CaseCommit<'_>) -> Result<CommitResult, StoreError> {
+        let case = cc.case;
+        let mut c = self.w();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let old_class: Option<i64> = tx
+            .prepare_cached("SELECT class FROM cases WHERE case_id = ?1 AND version = ?2")
+            .map_err(db)?
+            .query_row(params![case.id.0, cc.expected_version as i64], |r| r.get(0))
+            .optional()
+            .map_err(db)?;
+        let Some(old_class) = old_class else {
+            return Ok(CommitResult::Conflict);
+        };
+        let (state, attempt, deadline, outcome) = state_cols(&case.state);
+        let new_class = class_code(case.state.class());
+        tx.prepare_cached(
+            "UPDATE cases SET recipient_iin = ?2, state = ?3, attempt = ?4, deadline = ?5, outcome = ?6, class = ?7, \
+             sms_attempts = ?8, answer = ?9, failures = ?10, closed_at = ?11, version = version + 1 WHERE case_id = ?1",
+        )
+        .map_err(db)?
+        .execute(params![
+            case.id.0,
+            case.recipient.map(|i| i.to_string()),
+            state,
+            attempt,
+            deadline,
+            outcome,
+            new_class,
+            i64::from(case.sms_attempts),
+            answer_str(case.answer),
+            i64::from(case.failures),
+            case.closed_at.map(to_nanos),
+        ])
+        .map_err(db)?;
+        {
+            let mut st = tx
+                .prepare_cached("UPDATE case_permits SET new_number = ?3 WHERE case_id = ?1 AND idx = ?2 AND new_number IS NOT ?3")
+                .map_err(db)?;
+            for (i, p) in case.permits.iter().enumerate() {
+                st.execute(params![case.id.0, i as i64, p.new_number])
+                    .map_err(db)?;
+            }
+        }
+        let mut events = Vec::with_capacity(cc.history.len() + 1);
+        for h in cc.history {
+            events.push(insert_step(&tx, &case.pilot_id, &case.run_id, &case.id, h)?);
+        }
+        if let Some(h) = cc.holder {
+            let permits = serde_json::to_string(&h.permits).map_err(|e| corrupt(e.to_string()))?;
+            tx.prepare_cached(
+                "INSERT INTO holders (subject_tag, subject_id, name, permits, case_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT(subject_tag, subject_id) DO UPDATE SET name = excluded.name, permits = excluded.permits, \
+                 case_id = excluded.case_id, updated_at = excluded.updated_at",
+            )
+            .map_err(db)?
+            .execute(params![h.subject.tag(), h.subject.id(), name_json(&h.name)?, permits, h.case_id.0, to_nanos(h.at)])
+            .map_err(db)?;
+        }
+        if let Some((name, value)) = cc.cursor {
+            set_cursor_tx(&tx, name, value)?;
+        }
+        if old_class != new_class {
+            let mut delta = [0; 3];
+            delta[old_class.clamp(0, 2) as usize] -= 1;
+            delta[new_class as usize] += 1;
+            events.extend(touch_run(&tx, &case.run_id, delta, 0, cc.at)?);
+        }
+        tx.commit().map_err(db)?;
+        Ok(CommitResult::Committed(events))
+    }
+
+    fn history(&self, id: &CaseId) -> Result<Vec<HistoryEntry>, StoreError> {
+        let c = self.r();
+        let mut st = c
+            .prepare_cached(
+                "SELECT seq, at, pilot_id, run_id, case_id, kind, attempt, detail FROM events WHERE case_id = ?1 ORDER BY seq",
+            )
+            .map_err(db)?;
+        let rows = st.query_map([&id.0], event_row).map_err(db)?;
+        let mut out = vec![];
+        for r in rows {
+            if let EventWhat::Step(h) = r.map_err(db)??.what {
+                out.push(h);
+            }
+        }
+        Ok(out)
+    }
+
+    fn actionable_cases(
+        &self,
+        after: Option<&CaseId>,
+        limit: usize,
+    ) -> Result<Vec<CaseId>, StoreError> {
+        let c = self.r();
+        let mut st = c
+            .prepare_cached("SELECT case_id FROM cases WHERE class = 0 AND case_id > ?1 ORDER BY case_id LIMIT ?2")
+            .map_err(db)?;
+        let rows = st
+            .query_map(
+                params![after.map(|a| a.0.as_str()).unwrap_or(""), limit as i64],
+                |r| r.get::<_, String>(0),
+            )
+            .map_err(db)?;
+        rows.map(|r| r.map(CaseId).map_err(db)).collect()
+    }
+
+    fn due_timers(&self, now: Timestamp, limit: usize) -> Result<Vec<(CaseId, u32)>, StoreError> {
+        let c = self.r();
+        let mut st = c
+            .prepare_cached(
+                "SELECT case_id, attempt FROM cases WHERE deadline IS NOT NULL AND deadline <= ?1 ORDER BY deadline, case_id LIMIT ?2",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![to_nanos(now), limit as i64], |r| {
+                Ok((CaseId(r.get(0)?), r.get::<_, i64>(1)?))
+            })
+            .map_err(db)?;
+        rows.map(|r| {
+            r.map_err(db)
+                .map(|(id, a)| (id, u32::try_from(a).unwrap_or(0)))
+        })
+        .collect()
+    }
+
+    fn cases(
+        &self,
+        run: &RunId,
+        filter: CaseFilter,
+        after: Option<&CaseId>,
+        limit: usize,
+    ) -> Result<Vec<Case>, StoreError> {
+        let c = self.r();
+        let (cond, outcome) = match filter {
+            CaseFilter::All => ("", None),
+            CaseFilter::Open => (" AND class != 2", None),
+            CaseFilter::Outcome(o) => (" AND outcome = ?4", Some(o.as_str())),
+        };
+        let sql = format!(
+            "SELECT {CASE_COLS} FROM cases WHERE run_id = ?1 AND case_id > ?2{cond} ORDER BY case_id LIMIT ?3"
+        );
+        let mut st = c.prepare_cached(&sql).map_err(db)?;
+        let after = after.map(|a| a.0.as_str()).unwrap_or("");
+        let rows: Vec<Result<CaseRow, StoreError>> = match outcome {
+            Some(o) => st.query_map(params![run.0, after, limit as i64, o], case_row),
+            None => st.query_map(params![run.0, after, limit as i64], case_row),
+        }
+        .map_err(db)?
+        .collect::<Result<_, _>>()
+        .map_err(db)?;
+        drop(st);
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut case = r?.case;
+            load_permits(&c, &mut case)?;
+            out.push(case);
+        }
+        Ok(out)
+    }
+
+    fn funnel(&self, run: &RunId) -> Result<FunnelCounts, StoreError> {
+        let c = self.r();
+        let rec = get_run(&c, &run.0)?.ok_or_else(|| StoreError::NoRun(run.0.clone()))?;
+        let mut f = FunnelCounts {
+            diffs: rec.diffs,
+            ..Default::default()
+        };
+        let sums: [i64; 7] = c
+            .query_row(
+                "SELECT COALESCE(SUM(n_permits > 0), 0), COALESCE(SUM(recipient_iin IS NOT NULL), 0), \
+                 COALESCE(SUM(sms_attempts >= 1), 0), COALESCE(SUM(sms_attempts >= 2), 0), \
+                 COALESCE(SUM(answer = 'agree'), 0), COALESCE(SUM(answer = 'refuse'), 0), COALESCE(SUM(class != 2), 0) \
+                 FROM cases WHERE run_id = ?1",
+                [&run.0],
+                |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?]),
+            )
+            .map_err(db)?;
+        let u = |v: i64| v.max(0) as u64;
+        f.with_permits = u(sums[0]);
+        f.recipients = u(sums[1]);
+        f.sms_sent = u(sums[2]);
+        f.sms_resent = u(sums[3]);
+        f.answered_yes = u(sums[4]);
+        f.answered_no = u(sums[5]);
+        f.open = u(sums[6]);
+        let mut st = c
+            .prepare_cached("SELECT outcome, COUNT(*) FROM cases WHERE run_id = ?1 AND outcome IS NOT NULL GROUP BY outcome")
+            .map_err(db)?;
+        let rows = st
+            .query_map([&run.0], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(db)?;
+        for r in rows {
+            let (o, n) = r.map_err(db)?;
+            let n = u(n);
+            match Outcome::parse(&o).ok_or_else(|| corrupt(format!("outcome {o:?}")))? {
+                Outcome::Reissued => f.reissued = n,
+                Outcome::Refused => {}
+                Outcome::NoAnswer => f.no_answer = n,
+                Outcome::NoPhone => f.no_phone = n,
+                Outcome::NoConsent => f.no_consent = n,
+                Outcome::ExcludedDeadOrMissing => f.excluded_dead_or_missing = n,
+                Outcome::ExcludedAbroad => f.excluded_abroad = n,
+                Outcome::ExcludedIncapable => f.excluded_incapable = n,
+                Outcome::ExcludedImprisoned => f.excluded_imprisoned = n,
+                Outcome::Failed => f.failed = n,
+            }
+        }
+        Ok(f)
+    }
+
+    fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.r()
+            .prepare_cached("SELECT value FROM cursors WHERE name = ?1")
+            .map_err(db)?
+            .query_row([name], |r| r.get(0))
+            .optional()
+            .map_err(db)
+    }
+
+    fn set_cursor(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        set_cursor_tx(&self.w(), name, value)
+    }
+
+    fn events_after(&self, seq: u64, limit: usize) -> Result<Vec<EventRecord>, StoreError> {
+        let c = self.r();
+        let mut st = c
+            .prepare_cached(
+                "SELECT seq, at, pilot_id, run_id, case_id, kind, attempt, detail FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![seq as i64, limit as i64], event_row)
+            .map_err(db)?;
+        rows.map(|r| r.map_err(db).and_then(|x| x)).collect()
+    }
+
+    fn holder(&self, subject: &Subject) -> Result<Option<HolderRecord>, StoreError> {
+        let c = self.r();
+        let row: Option<(String, String, String, i64)> = c
+            .prepare_cached("SELECT name, permits, case_id, updated_at FROM holders WHERE subject_tag = ?1 AND subject_id = ?2")
+            .map_err(db)?
+            .query_row(params![subject.tag(), subject.id()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()
+            .map_err(db)?;
+        let Some((name, permits, case_id, at)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(HolderRecord {
+            subject: *subject,
+            name: serde_json::from_str(&name).map_err(|e| corrupt(e.to_string()))?,
+            permits: serde_json::from_str(&permits).map_err(|e| corrupt(e.to_string()))?,
+            case_id: CaseId(case_id),
+            updated_at: from_nanos(at),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calendar::Calendar;
+    use crate::case::{self, Effect, Event, Opening, PersonFacts, RetryPolicy, consent_scopes};
+    use crate::pilot::PilotCatalog;
+    use jiff::civil::date;
+    use shep_domain::Bin;
+
+    fn bin(n: u32) -> Bin {
+        (n * 20..)
+            .find_map(|s| Bin::from_parts(2015, 3, 4, 0, s))
+            .unwrap()
+    }
+
+    fn iin(n: u16) -> Iin {
+        (n * 20..)
+            .find_map(|s| Iin::from_parts(1980, 5, 5, shep_domain::Sex::Female, s))
+            .unwrap()
+    }
+
+    fn now() -> Timestamp {
+        "2026-02-03T05:00:00Z".parse().unwrap()
+    }
+
+    fn opening(run: &RunId, subject: Subject, permits: usize) -> Opening {
+        Opening {
+            run_id: run.clone(),
+            pilot_id: "sez-000".into(),
+            date: date(2026, 2, 3),
+            subject,
+            old_name: SubjectName::Organization {
+                ru: "ТОО «Старое»".into(),
+                kk: "«Ескі» ЖШС".into(),
+            },
+            new_name: SubjectName::Organization {
+                ru: "ТОО «Новое»".into(),
+                kk: "«Жаңа» ЖШС".into(),
+            },
+            permits: (0..permits)
+                .map(|i| PermitItem {
+                    number: format!("P-{i}"),
+                    service_code: "SEZ-OBJ".into(),
+                    new_number: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn history_of(fx: &[Effect]) -> Vec<HistoryEntry> {
+        fx.iter()
+            .filter_map(|e| {
+                if let Effect::History(h) = e {
+                    Some(h.clone())
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Steps a stored case through `event` and commits it.
+    fn apply(
+        s: &SqliteStore,
+        id: &CaseId,
+        ev: Event,
+        cursor: Option<(&str, &str)>,
+    ) -> CommitResult {
+        let pilots = PilotCatalog::shipped().unwrap();
+        let cal = Calendar::shipped().unwrap();
+        let v = s.case(id).unwrap().unwrap();
+        let (next, fx) = case::step(
+            &v.value,
+            ev,
+            now(),
+            pilots.get("sez-000").unwrap(),
+            &cal,
+            &RetryPolicy::default(),
+        );
+        let hist = history_of(&fx);
+        let holder = fx.iter().find_map(|e| {
+            if let Effect::SaveHolder(h) = e {
+                Some(h.clone())
+            } else {
+                None
+            }
+        });
+        s.commit_case(CaseCommit {
+            case: &next,
+            expected_version: v.version,
+            history: &hist,
+            holder: holder.as_ref(),
+            cursor,
+            at: now(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn runs_are_created_once_per_pilot_and_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("sdu.db")).unwrap();
+        let (r, created, ev) = s.create_run("sez-000", date(2026, 2, 3), now()).unwrap();
+        assert!(created);
+        assert_eq!(r.id.0, "sez-000:2026-02-03");
+        assert_eq!((r.state, r.phase), (RunState::Running, DiffPhase::GbdUl));
+        assert_eq!(ev.len(), 1);
+        let (r2, created, _) = s.create_run("sez-000", date(2026, 2, 3), now()).unwrap();
+        assert!(!created);
+        assert_eq!(r2, r);
+        assert_eq!(s.runs_collecting().unwrap(), vec![r.clone()]);
+        s.set_phase(&r.id, DiffPhase::Done, now()).unwrap();
+        assert_eq!(
+            s.run(&r.id).unwrap().unwrap().state,
+            RunState::Done,
+            "no case, diff read: done"
+        );
+        assert!(s.runs_collecting().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_case_round_trips_and_commits_are_compare_and_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sdu.db");
+        let s = SqliteStore::open(&path).unwrap();
+        let (run, ..) = s.create_run("sez-000", date(2026, 2, 3), now()).unwrap();
+        let (case, fx) = case::open(opening(&run.id, Subject::Organization(bin(1)), 2), now());
+        let hist = history_of(&fx);
+        let r = s
+            .commit_diff(DiffCommit {
+                run: &run.id,
+                phase: DiffPhase::GbdUl,
+                counted: true,
+                cursor: "c1",
+                opened: Some((&case, &hist)),
+                at: now(),
+            })
+            .unwrap();
+        assert!(r.opened);
+        assert_eq!(r.events.len(), 1);
+        // The same subject again: counted as a diff, no second case.
+        let r = s
+            .commit_diff(DiffCommit {
+                run: &run.id,
+                phase: DiffPhase::GbdUl,
+                counted: true,
+                cursor: "c2",
+                opened: Some((&case, &hist)),
+                at: now(),
+            })
+            .unwrap();
+        assert!(!r.opened);
+        s.commit_diff(DiffCommit {
+            run: &run.id,
+            phase: DiffPhase::GbdUl,
+            counted: true,
+            cursor: "c3",
+            opened: None,
+            at: now(),
+        })
+        .unwrap();
+        assert_eq!(
+            s.cursor(&DiffPhase::GbdUl.cursor_name(&run.id))
+                .unwrap()
+                .as_deref(),
+            Some("c3")
+        );
+
+        let v = s.case(&case.id).unwrap().unwrap();
+        assert_eq!(v.value, case);
+        assert_eq!(v.version, 1);
+        assert_eq!(s.actionable_cases(None, 10).unwrap(), vec![case.id.clone()]);
+
+        assert!(matches!(
+            apply(&s, &case.id, Event::RecipientResolved { iin: iin(1) }, None),
+            CommitResult::Committed(_)
+        ));
+        // A commit from a stale read conflicts and writes nothing.
+        let stale = CaseCommit {
+            case: &case,
+            expected_version: 1,
+            history: &[],
+            holder: None,
+            cursor: Some(("x", "y")),
+            at: now(),
+        };
+        assert_eq!(s.commit_case(stale).unwrap(), CommitResult::Conflict);
+        assert_eq!(s.cursor("x").unwrap(), None);
+
+        apply(
+            &s,
+            &case.id,
+            Event::ConsentObtained {
+                scopes: consent_scopes(crate::pilot::SubjectKind::Organization),
+            },
+            None,
+        );
+        apply(
+            &s,
+            &case.id,
+            Event::PersonChecked(PersonFacts::default()),
+            None,
+        );
+        apply(
+            &s,
+            &case.id,
+            Event::Notified {
+                attempt: 1,
+                sms_id: "sms-1".into(),
+                sent_at: now(),
+            },
+            None,
+        );
+        let v = s.case(&case.id).unwrap().unwrap();
+        let State::AwaitAnswer {
+            attempt: 1,
+            deadline,
+        } = v.value.state
+        else {
+            panic!("{:?}", v.value.state)
+        };
+        assert!(s.actionable_cases(None, 10).unwrap().is_empty());
+        assert!(s.due_timers(now(), 10).unwrap().is_empty());
+        assert_eq!(
+            s.due_timers(deadline, 10).unwrap(),
+            vec![(case.id.clone(), 1)]
+        );
+        let r = s.run(&run.id).unwrap().unwrap();
+        assert_eq!((r.active, r.waiting, r.closed, r.diffs), (0, 1, 0, 3));
+
+        // The answer and the PEP cursor land together.
+        apply(
+            &s,
+            &case.id,
+            Event::Answer {
+                attempt: 1,
+                sms_id: "s".into(),
+                text: "1".into(),
+                received_at: now(),
+            },
+            Some(("pep", "a1")),
+        );
+        assert_eq!(s.cursor("pep").unwrap().as_deref(), Some("a1"));
+        apply(
+            &s,
+            &case.id,
+            Event::Reissued {
+                index: 0,
+                new_number: "N-0".into(),
+            },
+            None,
+        );
+        apply(
+            &s,
+            &case.id,
+            Event::Reissued {
+                index: 1,
+                new_number: "N-1".into(),
+            },
+            None,
+        );
+        let v = s.case(&case.id).unwrap().unwrap();
+        assert_eq!(v.value.state, State::Closed(Outcome::Reissued));
+        assert_eq!(v.value.permits[1].new_number.as_deref(), Some("N-1"));
+        assert_eq!(v.value.answer, Some(Answer::Agree));
+        assert_eq!(v.value.sms_attempts, 1);
+        let h = s.holder(&case.subject).unwrap().unwrap();
+        assert_eq!(
+            h.permits,
+            vec![("P-0".into(), "N-0".into()), ("P-1".into(), "N-1".into())]
+        );
+
+        let kinds: Vec<&str> = s
+            .history(&case.id)
+            .unwrap()
+            .iter()
+            .map(|h| h.kind.as_str())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "OPENED",
+                "RECIPIENT_RESOLVED",
+                "CONSENT_OBTAINED",
+                "CHECKS_PASSED",
+                "SMS_SENT",
+                "ANSWER_RECEIVED",
+                "PERMIT_REISSUED",
+                "PERMIT_REISSUED",
+                "CLOSED"
+            ]
+        );
+        // Diff read + every case closed: the run is done.
+        s.set_phase(&run.id, DiffPhase::Done, now()).unwrap();
+        let r = s.run(&run.id).unwrap().unwrap();
+        assert_eq!((r.state, r.closed), (RunState::Done, 1));
+        assert!(r.finished_at.is_some());
+
+        let f = s.funnel(&run.id).unwrap();
+        assert_eq!(
+            (
+                f.diffs,
+                f.with_permits,
+                f.recipients,
+                f.sms_sent,
+                f.sms_resent,
+                f.answered_yes,
+                f.reissued,
+                f.open
+            ),
+            (3, 1, 1, 1, 0, 1, 1, 0)
+        );
+        // The feed holds every step and run state, in order.
+        let ev = s.events_after(0, 1000).unwrap();
+        assert!(ev.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(
+            ev.first().unwrap().what,
+            EventWhat::RunState(RunState::Running)
+        );
+        assert_eq!(ev.last().unwrap().what, EventWhat::RunState(RunState::Done));
+        assert_eq!(s.events_after(ev[2].seq, 2).unwrap(), ev[3..5].to_vec());
+
+        // Reopened: everything is still there.
+        drop(s);
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            s.case(&case.id).unwrap().unwrap().value.state,
+            State::Closed(Outcome::Reissued)
+        );
+        assert_eq!(
+            s.cases(&run.id, CaseFilter::Outcome(Outcome::Reissued), None, 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            s.cases(&run.id, CaseFilter::Open, None, 10)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn listing_pages_by_case_id_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("sdu.db")).unwrap();
+        let (run, ..) = s.create_run("sez-000", date(2026, 2, 3), now()).unwrap();
+        let mut ids = vec![];
+        for i in 0..5 {
+            let (case, fx) = case::open(
+                opening(&run.id, Subject::Organization(bin(i + 1)), 1),
+                now(),
+            );
+            let hist = history_of(&fx);
+            s.commit_diff(DiffCommit {
+                run: &run.id,
+                phase: DiffPhase::GbdUl,
+                counted: true,
+                cursor: "c",
+                opened: Some((&case, &hist)),
+                at: now(),
+            })
+            .unwrap();
+            ids.push(case.id);
+        }
+        ids.sort();
+        let p1 = s.cases(&run.id, CaseFilter::All, None, 2).unwrap();
+        let p2 = s
+            .cases(&run.id, CaseFilter::All, Some(&p1[1].id), 10)
+            .unwrap();
+        let all: Vec<CaseId> = p1.iter().chain(&p2).map(|c| c.id.clone()).collect();
+        assert_eq!(all, ids);
+        assert_eq!(
+            s.actionable_cases(Some(&ids[2]), 10).unwrap(),
+            ids[3..].to_vec()
+        );
+        apply(
+            &s,
+            &ids[0],
+            Event::CallFailed {
+                call: case::CallKind::GetOrganization,
+                error: "x".into(),
+                retryable: false,
+            },
+            None,
+        );
+        assert_eq!(
+            s.cases(&run.id, CaseFilter::Outcome(Outcome::Failed), None, 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            s.cases(&run.id, CaseFilter::Open, None, 10).unwrap().len(),
+            4
+        );
+        assert_eq!(s.funnel(&run.id).unwrap().failed, 1);
+        s.fail_run(&run.id, "GBD UL unreachable", now()).unwrap();
+        let r = s.run(&run.id).unwrap().unwrap();
+        assert_eq!(
+            (r.state, r.error.as_deref()),
+            (RunState::Failed, Some("GBD UL unreachable"))
+        );
+        // Failed stays failed while its open cases move on.
+        apply(&s, &ids[1], Event::RecipientResolved { iin: iin(2) }, None);
+        assert_eq!(s.run(&run.id).unwrap().unwrap().state, RunState::Failed);
+    }
+
+    #[test]
+    fn one_runner_per_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sdu.db");
+        let s = SqliteStore::open(&path).unwrap();
+        let e = SqliteStore::open(&path).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Locked { holder, .. } if holder.contains(&format!("pid {}", std::process::id()))),
+            "{e}"
+        );
+        assert!(e.to_string().contains("another runner"));
+        drop(s);
+        SqliteStore::open(&path).expect("free again once the first is dropped");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sdu.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        c.execute("UPDATE schema_version SET version = 99", [])
+            .unwrap();
+        drop(c);
+        let e = SqliteStore::open(&path).unwrap_err();
+        assert!(
+            matches!(e, StoreError::NewerSchema { found: 99, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn damaged_rows_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sdu.db");
+        let s = SqliteStore::open(&path).unwrap();
+        let (run, ..) = s.create_run("sez-000", date(2026, 2, 3), now()).unwrap();
+        let (case, fx) = case::open(opening(&run.id, Subject::Organization(bin(1)), 1), now());
+        s.commit_diff(DiffCommit {
+            run: &run.id,
+            phase: DiffPhase::GbdUl,
+            counted: true,
+            cursor: "c",
+            opened: Some((&case, &history_of(&fx))),
+            at: now(),
+        })
+        .unwrap();
+        s.w()
+            .execute("UPDATE cases SET state = 'dancing'", [])
+            .unwrap();
+        assert!(matches!(s.case(&case.id), Err(StoreError::Corrupt(_))));
+        s.w()
+            .execute("UPDATE cases SET state = 'closed', outcome = 'MAYBE'", [])
+            .unwrap();
+        assert!(matches!(s.case(&case.id), Err(StoreError::Corrupt(_))));
+    }
+}
