@@ -34,7 +34,7 @@ up: build
 	$(SHEP) up --pki $(PKI)
 
 test: check-toolchain tools
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked --no-fail-fast
 
 bench: check-toolchain
 	$(CARGO) bench --locked --workspace

@@ -111,11 +111,11 @@ pub fn example(name: &str, pki: &Path) -> Result<(), Failure> {
         .find(|(n, _)| *n == name)
         .map(|(_, p)| *p);
     let d = pki.display();
-    let common = |system: &str, port: u16| {
+    let common = |system: &str, port: u16, top: &str| {
         format!(
             r#"# shep node {system} --config THIS_FILE
 # Every setting can be overridden from the environment: SHEP__NODE__LISTEN=0.0.0.0:{port}
-
+{top}
 [node]
 # The system id; must be the one its certificate names (CN and SAN urn:shep:system:{system}).
 system = "{system}"
@@ -150,14 +150,14 @@ shutdown_grace_ms = 10000
     };
     let text = match (name, port) {
         ("topology", _) => TOPOLOGY_EXAMPLE.replace("PKI_DIR", &d.to_string()),
-        ("bus", Some(port)) => format!("{}\n{}", common("bus", port), bus_example()),
+        ("bus", Some(port)) => format!("{}\n{}", common("bus", port, ""), bus_example()),
         ("pep", Some(port)) => format!(
             "{}\n{}\n[pep]\n# PEP reaches BMG and KDP through the bus.\nbus_url = \"https://127.0.0.1:7000\"\n",
-            common("pep", port),
+            common("pep", port, CLOCK_EXAMPLE),
             SIM_EXAMPLE
         ),
         (n, Some(port)) if Registry::ALL.iter().any(|r| r.system_id() == n) => {
-            format!("{}\n{}", common(n, port), SIM_EXAMPLE)
+            format!("{}\n{}", common(n, port, CLOCK_EXAMPLE), SIM_EXAMPLE)
         }
         _ => {
             return Err(anyhow!("no example for {name:?}; try topology, bus, {}", registry_names())).code(CONFIG);
@@ -171,7 +171,9 @@ const SIM_EXAMPLE: &str = r#"# The simulated country. Every simulator host must 
 # them simulate the same country (generation is deterministic for a seed).
 [sim]
 seed = 42
+"#;
 
+const CLOCK_EXAMPLE: &str = r#"
 # "system" clock, or "manual" (advanced through kz.shep.sim.v1.Scenario/AdvanceClock).
 clock = "system"
 "#;
