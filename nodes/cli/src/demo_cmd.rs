@@ -127,9 +127,6 @@ async fn drive(topo: &Topology, pilot: &str, date: jiff::civil::Date, step_hours
             break;
         }
         topo.sim.clock().advance(step_hours * 3600);
-        // Let the SDU's timer loop (it polls the clock) see the new time before asking
-        // whether the run has settled.
-        tokio::time::sleep(std::time::Duration::from_millis(120)).await;
     }
     let report = sdu.report(pilot, date)?;
     println!("\n{}", report.render_text());

@@ -74,6 +74,9 @@ pub(crate) struct Runner {
     cfg: RunnerConfig,
     pub(crate) events: broadcast::Sender<EventRecord>,
     pub(crate) changed: watch::Sender<u64>,
+    /// The clock time (unix seconds) up to which the timer loop has fired due deadlines:
+    /// a run is not settled while the clock is ahead of it (a manual clock just jumped).
+    timers_at: watch::Sender<i64>,
     inflight: Mutex<HashMap<CaseId, bool>>,
     slots: Arc<Semaphore>,
     sweep_now: tokio::sync::Notify,
@@ -143,6 +146,7 @@ impl Runner {
             cfg,
             events: broadcast::channel(4096).0,
             changed: watch::channel(0).0,
+            timers_at: watch::channel(i64::MIN).0,
             inflight: Mutex::new(HashMap::new()),
             slots,
             sweep_now: tokio::sync::Notify::new(),
@@ -1082,12 +1086,16 @@ impl Runner {
                         }
                     };
                     if due.is_empty() {
+                        self.timers_at.send_replace(now.as_second());
                         continue;
                     }
                     // Take what PEP already holds before any wait is declared over.
                     follow = None;
                     match self.drain_answers().await {
-                        Ok(()) => self.fire_timers(due).await,
+                        Ok(()) => {
+                            self.fire_timers(due).await;
+                            self.timers_at.send_replace(now.as_second());
+                        }
                         Err(e) => tracing::warn!(error = %e.message, "cannot read PEP's answers; timers wait"),
                     }
                 }
@@ -1171,6 +1179,16 @@ impl Runner {
         run: &crate::case::RunId,
     ) -> Result<RunRecord, SduError> {
         let mut rx = self.changed.subscribe();
+        // First let the timer loop catch up with the clock as it is now, so that a deadline
+        // passed by a jump of a manual clock is fired before the run can count as settled.
+        // Bounded: while PEP is unreachable timers wait, and so would this.
+        let now = self.clock.now().as_second();
+        let mut timers = self.timers_at.subscribe();
+        let catch_up = tokio::time::timeout(Duration::from_secs(2), timers.wait_for(|t| *t >= now));
+        tokio::select! {
+            _ = catch_up => {}
+            _ = self.stopped() => return Err(SduError::ShuttingDown),
+        }
         loop {
             let rid = run.clone();
             let rec = self

@@ -367,6 +367,14 @@ async fn every_outcome_through_the_bus_and_the_service() {
         0
     );
     env.clock.set(almaty("2026-02-06T09:00:00"));
+    // Right after the jump, a settled run has already fired the deadline: both second SMS
+    // are out (wait_run_settled lets the timer loop catch up with the clock first).
+    settled(&h, &run).await;
+    assert_eq!(
+        env.fakes.rec().sent.keys().filter(|(_, a)| *a == 2).count(),
+        2,
+        "settled right after a clock jump, the due re-sends have gone out"
+    );
     eventually("the second SMS goes out and is answered", || {
         let o = outcomes(&h, "sez-000", run_date());
         o[&who["second_sms"]] == "REISSUED"
