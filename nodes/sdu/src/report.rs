@@ -69,7 +69,7 @@ impl FunnelReport {
             .as_ref()
             .and_then(crate::dates::from_proto_date)
             .ok_or("the report has no valid date")?;
-        let c = r.counts.clone().unwrap_or_default();
+        let c = r.counts.unwrap_or_default();
         let run_state = match Pb::try_from(r.run_state).unwrap_or(Pb::Unspecified) {
             Pb::Waiting => RunState::Waiting,
             Pb::Done => RunState::Done,
