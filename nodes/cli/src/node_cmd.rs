@@ -88,11 +88,7 @@ pub async fn run(a: NodeArgs) -> Result<(), Failure> {
         }
         _ => None,
     };
-    let clock = match file.clock {
-        shep_cli::topology::ClockKind::System => shep_simulators::Clock::System,
-        shep_cli::topology::ClockKind::Manual => shep_simulators::Clock::manual(),
-    };
-    let sim = Simulation::new(file.sim, clock);
+    let sim = Simulation::new(file.sim, shep_cli::topology::clock(file.clock));
     shep_cli::topology::close_streams_on_shutdown(&sim, &shutdown);
     let node = shep_simulators::node(reg, sim, file.node, links).start(shutdown).await.code(CONFIG)?;
     println!("{} listening on {}", node.system, node.addr);

@@ -304,7 +304,8 @@ impl Topology {
     }
 }
 
-fn clock(kind: ClockKind) -> shep_simulators::Clock {
+/// The simulation's clock for a `clock` setting.
+pub fn clock(kind: ClockKind) -> shep_simulators::Clock {
     match kind {
         ClockKind::System => shep_simulators::Clock::System,
         ClockKind::Manual => shep_simulators::Clock::manual(),

