@@ -99,7 +99,8 @@ fn example_configs_load() {
         // The node accepts its example: it gets as far as the missing certificate files.
         let p = dir.path().join(format!("{name}.toml"));
         std::fs::write(&p, text.as_bytes()).unwrap();
-        let out = shep().args(["node", name, "--config"]).arg(&p).output().unwrap();
+        // Run in the temp dir: relative paths of the example (the bus's audit log) land there.
+        let out = shep().current_dir(dir.path()).args(["node", name, "--config"]).arg(&p).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "{name}: {err}");
         assert!(err.contains("shep pki init"), "{name}: the config loads and the error names the fix: {err}");
