@@ -18,8 +18,11 @@ fn protos(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=kz");
+    println!("cargo:rerun-if-changed=google");
     let mut files = vec![];
     protos(Path::new("kz"), &mut files);
+    // For reflection only: lets grpcurl decode the error details every node sends.
+    files.push(PathBuf::from("google/rpc/error_details.proto"));
     let mut compiler = protox::Compiler::new(["."])?;
     compiler.include_imports(true).include_source_info(true);
     compiler.open_files(&files)?;
@@ -27,7 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // (`kz.shep.v1.personal_data`, `identifier`) that the bus reads at start-up.
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("shep_descriptor.bin"), compiler.encode_file_descriptor_set())?;
-    let fds = compiler.file_descriptor_set();
+    let mut fds = compiler.file_descriptor_set();
+    // No Rust code for google.rpc: tonic-types has it.
+    fds.file.retain(|f| f.package() != "google.rpc");
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

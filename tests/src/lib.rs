@@ -134,7 +134,7 @@ impl shep_proto::kdp::consent_service_server::ConsentService for NoKdp {
         &self,
         _: tonic::Request<shep_proto::kdp::IssueTokenRequest>,
     ) -> Result<tonic::Response<shep_proto::kdp::IssueTokenResponse>, tonic::Status> {
-        Err(tonic::Status::failed_precondition("no consent"))
+        Err(shep_runtime::status::error(tonic::Code::FailedPrecondition, "no consent", "NO_CONSENT", []))
     }
     async fn get_public_key(
         &self,

@@ -32,6 +32,11 @@ async fn grpcurl_lists_describes_and_checks_health() {
     .await;
     assert!(!ok);
     assert!(err.contains("FailedPrecondition"), "{err}");
+    // Its details are decoded, not raw bytes: reflection serves google/rpc/error_details.proto.
+    assert!(
+        err.contains(r#"{"@type":"type.googleapis.com/google.rpc.ErrorInfo","domain":"shep.kz","reason":"NO_CONSENT"}"#),
+        "{err}"
+    );
 
     // Without a client certificate grpcurl gets nothing.
     let out = tokio::process::Command::new(shep_tests::grpcurl())

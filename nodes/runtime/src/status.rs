@@ -1,7 +1,8 @@
 //! gRPC statuses with rich details, built in one place so every node answers alike.
 //!
 //! Every error carries an `ErrorInfo` (reason, domain [`DOMAIN`], metadata); errors about
-//! a request field also carry a `BadRequest` field violation. grpcurl prints both.
+//! a request field also carry a `BadRequest` field violation. grpcurl decodes both: reflection
+//! serves `proto/google/rpc/error_details.proto`.
 
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
