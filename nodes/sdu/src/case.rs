@@ -554,6 +554,16 @@ pub enum Call {
 }
 
 impl Call {
+    /// A look-up: it only reads (GBD UL, KDP, GBD FL, ZAGS), so repeating it changes
+    /// nothing anywhere. The runner may chain look-ups and commit their steps together with
+    /// the next step that matters; a crash in between only repeats the look-ups.
+    pub fn is_lookup(&self) -> bool {
+        matches!(
+            self,
+            Call::ResolveRecipient { .. } | Call::CheckConsent { .. } | Call::CheckPerson { .. }
+        )
+    }
+
     /// What kind of call.
     pub fn kind(&self) -> CallKind {
         match self {

@@ -662,12 +662,19 @@ impl Runner {
     /// caller last committed it (saves a read; a stale one only costs a conflict). `cursor`
     /// is committed with the change, or alone when the step changes nothing or the case is
     /// not one of ours.
+    ///
+    /// With `deferred` (a worker driving a case), a step whose next call is a look-up due
+    /// now is not committed: its history waits in `deferred` and is committed with the
+    /// next step that is (a call with an effect, a wait, an outcome). The returned case then
+    /// keeps the committed version. Should that commit lose a race, the deferred steps are
+    /// dropped and the case resumes from what is committed (the look-ups are made again).
     async fn apply(
         &self,
         id: &CaseId,
-        event: Event,
+        mut event: Event,
         cursor: Option<(String, String)>,
         mut known: Option<Versioned<Case>>,
+        mut deferred: Option<&mut Vec<HistoryEntry>>,
     ) -> Result<Option<(Versioned<Case>, Option<(Duration, Call)>)>, StoreError> {
         loop {
             let v = match known.take() {
@@ -697,10 +704,24 @@ impl Runner {
                 &self.calendar,
                 &self.cfg.retry,
             );
-            let (history, holder, call) = split(fx);
+            let (mut history, holder, call) = split(fx);
             if next == v.value && history.is_empty() && holder.is_none() {
                 self.save_cursor(cursor).await?;
                 return Ok(Some((v, call)));
+            }
+            let mut chained = false;
+            if let Some(d) = deferred.as_deref_mut() {
+                let lookup_now = matches!(&call, Some((delay, c)) if delay.is_zero() && c.is_lookup());
+                if lookup_now && holder.is_none() && cursor.is_none() {
+                    d.append(&mut history);
+                    return Ok(Some((Versioned { value: next, version: v.version }, call)));
+                }
+                if !d.is_empty() {
+                    chained = true;
+                    let mut all = std::mem::take(d);
+                    all.append(&mut history);
+                    history = all;
+                }
             }
             let (case2, cur2, version) = (next.clone(), cursor.clone(), v.version);
             let res = self
@@ -726,6 +747,11 @@ impl Runner {
                         call,
                     )));
                 }
+                Ok(CommitResult::Conflict) if chained => {
+                    // The case moved under the chained look-ups: start again from the store.
+                    event = Event::Resume;
+                    continue;
+                }
                 Ok(CommitResult::Conflict) => continue,
                 Err(e) => return Err(e),
             }
@@ -744,11 +770,12 @@ impl Runner {
         let mut event = Event::Resume;
         let mut tokens = Tokens::default();
         let mut known = None;
+        let mut deferred = Vec::new();
         loop {
             if *self.stopping.borrow() {
                 return;
             }
-            let (v, delay, call) = match self.apply(id, event, None, known).await {
+            let (v, delay, call) = match self.apply(id, event, None, known, Some(&mut deferred)).await {
                 Ok(Some((v, Some((delay, call))))) => (v, delay, call),
                 Ok(_) => return,
                 Err(e) => {
@@ -974,7 +1001,7 @@ impl Runner {
             received_at,
         };
         if let Some((_, Some(_))) = self
-            .apply(&id, ev, Some((ANSWER_CURSOR.to_owned(), a.cursor)), None)
+            .apply(&id, ev, Some((ANSWER_CURSOR.to_owned(), a.cursor)), None, None)
             .await?
         {
             self.try_dispatch(id);
@@ -1008,7 +1035,7 @@ impl Runner {
     async fn fire_timers(self: &Arc<Self>, due: Vec<(CaseId, u32)>) {
         for (id, attempt) in due {
             match self
-                .apply(&id, Event::Timeout { attempt }, None, None)
+                .apply(&id, Event::Timeout { attempt }, None, None, None)
                 .await
             {
                 Ok(Some((_, Some(_)))) => self.try_dispatch(id),
