@@ -996,7 +996,7 @@ impl Store for SqliteStore {
         };
         let sums: [i64; 7] = c
             .query_row(
-                "SELECT COALESCE(SUM(n_permits > 0), 0), COALESCE(SUM(recipient_iin IS NOT NULL), 0), \
+                "SELECT COALESCE(SUM(n_permits > 0), 0), COALESCE(SUM(n_permits > 0 AND recipient_iin IS NOT NULL), 0), \
                  COALESCE(SUM(sms_attempts >= 1), 0), COALESCE(SUM(sms_attempts >= 2), 0), \
                  COALESCE(SUM(answer = 'agree'), 0), COALESCE(SUM(answer = 'refuse'), 0), COALESCE(SUM(class != 2), 0) \
                  FROM cases WHERE run_id = ?1",
