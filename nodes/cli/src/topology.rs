@@ -1,5 +1,6 @@
 //! The whole topology in one process: the simulated registries, the bus in front of them
-//! and (when built) the SDU node, each a real mTLS gRPC node on its own port.
+//! and the SDU node (unless `start_sdu = false`: then it runs as its own process, `shep node
+//! sdu`), each a real mTLS gRPC node on its own port.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -67,6 +68,10 @@ pub struct TopologyConfig {
     /// The SDU node; `bus_url` is set to this topology's bus, `db` defaults to
     /// `data_dir/sdu.sqlite`.
     pub sdu: SduSettings,
+    /// Start the SDU node in this process (default). With `false` the topology is the
+    /// registries and the bus only, and the SDU runs as its own process (`shep node sdu`,
+    /// `clock = "scenario"` to follow a manual clock); the bus still routes to its port.
+    pub start_sdu: bool,
 }
 
 impl Default for TopologyConfig {
@@ -81,6 +86,7 @@ impl Default for TopologyConfig {
             clock: ClockKind::System,
             bus: None,
             sdu: SduSettings::default(),
+            start_sdu: true,
         }
     }
 }
@@ -150,8 +156,11 @@ pub struct Topology {
     pub bus_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     data_dir: PathBuf,
-    /// The SDU node's handle: start runs, read reports.
-    pub sdu: SduHandle,
+    /// The SDU node's handle (start runs, read reports); none when the SDU runs as its own
+    /// process (`start_sdu = false`).
+    pub sdu: Option<SduHandle>,
+    /// Where the bus expects the SDU node (its route for `kz.gov.sdu.v1.ProactiveService`).
+    pub sdu_addr: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -208,7 +217,7 @@ impl Topology {
         let settings = match cfg.bus.clone() {
             Some(s) => s,
             None => {
-                let mut s = BusSettings::default_topology(&chost, &ports);
+                let mut s = bus_settings(&chost, &ports);
                 s.audit.path = cfg.data_dir.join("audit.sqlite");
                 s
             }
@@ -221,16 +230,21 @@ impl Topology {
         nodes.insert(0, NodeInfo { system: "bus".into(), addr: bus.addr, services: bus.services().to_vec() });
         tasks.push(tokio::spawn(async move { bus.wait().await.map_err(anyhow::Error::from) }));
 
-        let mut sdu_settings = cfg.sdu.clone();
-        sdu_settings.bus_url = bus_url.clone();
-        if sdu_settings.db.as_os_str().is_empty() || sdu_settings.db == SduSettings::default().db {
-            sdu_settings.db = cfg.data_dir.join("sdu.sqlite");
+        let mut sdu_addr = node_cfg("sdu")?.listen;
+        let mut sdu_handle = None;
+        if cfg.start_sdu {
+            let mut sdu_settings = cfg.sdu.clone();
+            sdu_settings.bus_url = bus_url.clone();
+            if sdu_settings.db.as_os_str().is_empty() || sdu_settings.db == SduSettings::default().db {
+                sdu_settings.db = cfg.data_dir.join("sdu.sqlite");
+            }
+            let sdu_clock: Arc<dyn shep_sdu::Clock> = Arc::new(SimulationClock(sim.clone()));
+            let sdu = shep_sdu::start(node_cfg("sdu")?, sdu_settings, sdu_clock, shutdown.clone()).await?;
+            sdu_handle = Some(sdu.handle.clone());
+            sdu_addr = sdu.addr;
+            nodes.push(NodeInfo { system: "sdu".into(), addr: sdu.addr, services: sdu.services.clone() });
+            tasks.push(tokio::spawn(async move { sdu.wait().await.map_err(anyhow::Error::from) }));
         }
-        let sdu_clock: Arc<dyn shep_sdu::Clock> = Arc::new(SimulationClock(sim.clone()));
-        let sdu = shep_sdu::start(node_cfg("sdu")?, sdu_settings, sdu_clock, shutdown.clone()).await?;
-        let sdu_handle = sdu.handle.clone();
-        nodes.push(NodeInfo { system: "sdu".into(), addr: sdu.addr, services: sdu.services.clone() });
-        tasks.push(tokio::spawn(async move { sdu.wait().await.map_err(anyhow::Error::from) }));
 
         Ok(Topology {
             nodes,
@@ -242,6 +256,7 @@ impl Topology {
             metrics_addr: Some(metrics_addr),
             data_dir: cfg.data_dir.clone(),
             sdu: sdu_handle,
+            sdu_addr,
             tasks,
         })
     }
@@ -267,6 +282,14 @@ impl Topology {
                 .filter(|s| !s.starts_with("grpc."))
                 .collect();
             let _ = writeln!(s, "{:<10} {:<22} {}", n.system, n.addr.to_string(), services.join(", "));
+        }
+        if self.sdu.is_none() {
+            let _ = writeln!(
+                s,
+                "{:<10} {:<22} not started here: run `shep node sdu --config FILE` (clock = \"scenario\")",
+                "sdu",
+                self.sdu_addr.to_string()
+            );
         }
         if let Some(m) = self.metrics_addr {
             let _ = writeln!(s, "{:<10} {:<22} Prometheus metrics at http://{m}/metrics", "metrics", m.to_string());
@@ -303,6 +326,22 @@ impl Topology {
         self.wait().await
     }
 }
+
+/// The bus of a topology: [`BusSettings::default_topology`], plus the simulators'
+/// `kz.shep.sim.v1.Scenario` routed to GBD UL (every simulator of a topology serves the same
+/// simulation), callable through the bus by the operator and, for `GetClock` only, by the
+/// SDU: an SDU process of its own follows a manual clock that way.
+pub fn bus_settings(host: &str, ports: &BTreeMap<String, u16>) -> BusSettings {
+    let mut s = BusSettings::default_topology(host, ports);
+    if let Some(gbd_ul) = s.systems.get_mut("gbd-ul") {
+        gbd_ul.services.push(SCENARIO_SERVICE.to_owned());
+    }
+    s.access.insert(0, shep_bus::config::AccessRule::allow("sdu", &format!("{SCENARIO_SERVICE}/GetClock")));
+    s
+}
+
+/// The simulators' scenario control.
+pub const SCENARIO_SERVICE: &str = "kz.shep.sim.v1.Scenario";
 
 /// The simulation's clock for a `clock` setting.
 pub fn clock(kind: ClockKind) -> shep_simulators::Clock {
