@@ -92,7 +92,9 @@ impl Default for TopologyConfig {
 }
 
 impl TopologyConfig {
-    /// Every port, defaults filled in, free ports chosen for 0; unknown names refused.
+    /// Every port, defaults filled in, free ports chosen for 0 (except the registries', which
+    /// bind port 0 themselves: nothing needs their port before they listen); unknown names
+    /// refused.
     fn resolve_ports(&self) -> anyhow::Result<BTreeMap<String, u16>> {
         for name in self.ports.keys() {
             if !DEFAULT_PORTS.iter().any(|(n, _)| n == name) {
@@ -103,6 +105,7 @@ impl TopologyConfig {
         let mut out = BTreeMap::new();
         for (name, default) in DEFAULT_PORTS {
             let port = match self.ports.get(*name).copied().unwrap_or(*default) {
+                0 if Registry::ALL.iter().any(|r| r.system_id() == *name) => 0,
                 0 => free_port(&self.host)?,
                 p => p,
             };
@@ -174,15 +177,15 @@ fn client_host(host: &str) -> &str {
 impl Topology {
     /// Starts every node and returns once all listen.
     pub async fn start(cfg: TopologyConfig, shutdown: Shutdown) -> anyhow::Result<Topology> {
-        let ports = cfg.resolve_ports()?;
+        let mut ports = cfg.resolve_ports()?;
         let (pki, pki_created) = ensure_pki(&cfg.pki_dir)
             .with_context(|| format!("preparing the dev PKI in {}", cfg.pki_dir.display()))?;
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
         let host = cfg.host.clone();
         let chost = client_host(&host).to_owned();
-        let node_cfg = |system: &str| -> anyhow::Result<NodeConfig> {
-            let listen: SocketAddr = format!("{host}:{}", ports[system])
+        let node_cfg = |system: &str, port: u16| -> anyhow::Result<NodeConfig> {
+            let listen: SocketAddr = format!("{host}:{port}")
                 .parse()
                 .with_context(|| format!("bad host {host:?}"))?;
             let mut c = NodeConfig::from_pki_dir(system, listen, pki.dir());
@@ -204,12 +207,13 @@ impl Topology {
             } else {
                 None
             };
-            let mut cfg_reg = node_cfg(system)?;
+            let mut cfg_reg = node_cfg(system, ports[system])?;
             // Registries sit behind the bus: only the bus and people may call them.
             cfg_reg.allowed_callers = REGISTRY_CALLERS.iter().map(|s| s.to_string()).collect();
             let running = shep_simulators::node(reg, sim.clone(), cfg_reg, links)
                 .start(shutdown.clone())
                 .await?;
+            ports.insert(system.to_owned(), running.addr.port());
             nodes.push(NodeInfo { system: system.into(), addr: running.addr, services: running.services.clone() });
             tasks.push(tokio::spawn(async move { running.wait().await.map_err(anyhow::Error::from) }));
         }
@@ -224,13 +228,13 @@ impl Topology {
         };
         let sim_now = sim.clone();
         let token_clock: shep_bus::TokenClock = Arc::new(move || sim_now.now());
-        let bus = shep_bus::start_with_token_clock(node_cfg("bus")?, settings, shutdown.clone(), token_clock).await?;
+        let bus = shep_bus::start_with_token_clock(node_cfg("bus", ports["bus"])?, settings, shutdown.clone(), token_clock).await?;
         let bus_addr = bus.addr;
         let metrics_addr = bus.metrics_addr;
         nodes.insert(0, NodeInfo { system: "bus".into(), addr: bus.addr, services: bus.services().to_vec() });
         tasks.push(tokio::spawn(async move { bus.wait().await.map_err(anyhow::Error::from) }));
 
-        let mut sdu_addr = node_cfg("sdu")?.listen;
+        let mut sdu_addr = node_cfg("sdu", ports["sdu"])?.listen;
         let mut sdu_handle = None;
         if cfg.start_sdu {
             let mut sdu_settings = cfg.sdu.clone();
@@ -239,7 +243,7 @@ impl Topology {
                 sdu_settings.db = cfg.data_dir.join("sdu.sqlite");
             }
             let sdu_clock: Arc<dyn shep_sdu::Clock> = Arc::new(SimulationClock(sim.clone()));
-            let sdu = shep_sdu::start(node_cfg("sdu")?, sdu_settings, sdu_clock, shutdown.clone()).await?;
+            let sdu = shep_sdu::start(node_cfg("sdu", ports["sdu"])?, sdu_settings, sdu_clock, shutdown.clone()).await?;
             sdu_handle = Some(sdu.handle.clone());
             sdu_addr = sdu.addr;
             nodes.push(NodeInfo { system: "sdu".into(), addr: sdu.addr, services: sdu.services.clone() });
