@@ -108,7 +108,7 @@ fn now_text(topo: &Topology) -> String {
 }
 
 async fn drive(topo: &Topology, pilot: &str, date: jiff::civil::Date, step_hours: u64, json: bool) -> Result<(), Failure> {
-    let sdu = &topo.sdu;
+    let sdu = topo.sdu.as_ref().context("the demo's topology has no SDU node")?;
     let run = sdu.run_daily(pilot, date).await.code(CONFIG)?;
     println!("\nSDU: daily run {} started", run.0);
     // The diff is read, recipients checked, first SMS sent; then the clock moves through the

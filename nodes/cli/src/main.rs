@@ -10,6 +10,7 @@ mod exit;
 mod node_cmd;
 mod pki_cmd;
 mod sdu_cmd;
+mod sdu_node;
 mod sim_cmd;
 mod up_cmd;
 
@@ -37,7 +38,7 @@ struct Cli {
 enum Command {
     /// The main job on embedded defaults: the topology, a daily run of the SDU, its report
     Demo(demo_cmd::DemoArgs),
-    /// Start the whole topology in one process on loopback (bus, registries, SDU)
+    /// Start the whole topology in one process on loopback (bus, registries, SDU unless --without-sdu)
     Up(up_cmd::UpArgs),
     /// Run one node alone, from a config file (one node per host in a deployment)
     Node(node_cmd::NodeArgs),
@@ -55,7 +56,7 @@ enum Command {
     Audit(audit_cmd::AuditCommand),
     /// Print a documented example config for a node (or `topology` for `shep up`)
     ExampleConfig {
-        /// bus, gbd-ul, gbd-fl, zags, e-license, bmg, pep, kdp, or topology
+        /// bus, gbd-ul, gbd-fl, zags, e-license, bmg, pep, kdp, sdu, or topology
         name: String,
         /// Directory of the PKI the example points at
         #[arg(long, default_value = "var/pki")]

@@ -13,7 +13,7 @@ use crate::exit::{CONFIG, Failure, WithCode};
 
 #[derive(Args)]
 pub struct NodeArgs {
-    /// bus, gbd-ul, gbd-fl, zags, e-license, bmg, pep or kdp
+    /// bus, gbd-ul, gbd-fl, zags, e-license, bmg, pep, kdp or sdu
     name: String,
     /// The node's config file (print an example with `shep example-config NAME`)
     #[arg(long, short)]
@@ -49,6 +49,9 @@ struct PepSection {
 }
 
 pub async fn run(a: NodeArgs) -> Result<(), Failure> {
+    if a.name == "sdu" {
+        return crate::sdu_node::run(&a.config).await;
+    }
     let file: NodeFile = shep_runtime::config::load(Some(&a.config), std::env::vars()).code(CONFIG)?;
     shep_runtime::logging::init(&file.node.log);
     if file.node.system != a.name {
@@ -75,7 +78,7 @@ pub async fn run(a: NodeArgs) -> Result<(), Failure> {
     let reg = Registry::ALL
         .into_iter()
         .find(|r| r.system_id() == a.name)
-        .ok_or_else(|| anyhow!("unknown node {:?}; known: bus, {}", a.name, registry_names()))
+        .ok_or_else(|| anyhow!("unknown node {:?}; known: bus, {}, sdu", a.name, registry_names()))
         .code(CONFIG)?;
     let links = match (reg, &file.pep) {
         (Registry::Pep, Some(p)) => {
@@ -150,6 +153,7 @@ shutdown_grace_ms = 10000
     let text = match (name, port) {
         ("topology", _) => TOPOLOGY_EXAMPLE.replace("PKI_DIR", &d.to_string()),
         ("bus", Some(port)) => format!("{}\n{}", common("bus", port, ""), bus_example()),
+        ("sdu", Some(port)) => format!("{}{}", common("sdu", port, crate::sdu_node::CLOCK_EXAMPLE), crate::sdu_node::sdu_example()),
         ("pep", Some(port)) => format!(
             "{}\n{}\n[pep]\n# PEP reaches BMG and KDP through the bus.\nbus_url = \"https://127.0.0.1:7000\"\n",
             common("pep", port, CLOCK_EXAMPLE),
@@ -159,7 +163,7 @@ shutdown_grace_ms = 10000
             format!("{}\n{}", common(n, port, CLOCK_EXAMPLE), SIM_EXAMPLE)
         }
         _ => {
-            return Err(anyhow!("no example for {name:?}; try topology, bus, {}", registry_names())).code(CONFIG);
+            return Err(anyhow!("no example for {name:?}; try topology, bus, {}, sdu", registry_names())).code(CONFIG);
         }
     };
     print!("{text}");
@@ -188,6 +192,9 @@ pki_dir = "PKI_DIR"
 data_dir = "var/data"
 # "system" or "manual".
 clock = "system"
+# Start the SDU node here too; false: the registries and the bus only, and the SDU runs as
+# its own process (`shep node sdu`, with clock = "scenario" to follow a manual clock).
+start_sdu = true
 
 # Port by system id; 0 picks a free port; systems not listed keep these defaults.
 [ports]
@@ -213,7 +220,7 @@ seed = 42
 
 fn bus_example() -> String {
     let ports = shep_cli::topology::DEFAULT_PORTS.iter().map(|(n, p)| (n.to_string(), *p)).collect();
-    let settings = BusSettings::default_topology("127.0.0.1", &ports);
+    let settings = shep_cli::topology::bus_settings("127.0.0.1", &ports);
     match toml::to_string_pretty(&BusWrapper { bus: settings }) {
         Ok(t) => format!("# The bus: routes, access matrix, consent, audit, limits, metrics.\n{t}"),
         Err(e) => format!("# (cannot render the bus defaults: {e})\n"),

@@ -1,5 +1,6 @@
 //! The whole topology in one process: the simulated registries, the bus in front of them
-//! and (when built) the SDU node, each a real mTLS gRPC node on its own port.
+//! and the SDU node (unless `start_sdu = false`: then it runs as its own process, `shep node
+//! sdu`), each a real mTLS gRPC node on its own port.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -67,6 +68,10 @@ pub struct TopologyConfig {
     /// The SDU node; `bus_url` is set to this topology's bus, `db` defaults to
     /// `data_dir/sdu.sqlite`.
     pub sdu: SduSettings,
+    /// Start the SDU node in this process (default). With `false` the topology is the
+    /// registries and the bus only, and the SDU runs as its own process (`shep node sdu`,
+    /// `clock = "scenario"` to follow a manual clock); the bus still routes to its port.
+    pub start_sdu: bool,
 }
 
 impl Default for TopologyConfig {
@@ -81,12 +86,15 @@ impl Default for TopologyConfig {
             clock: ClockKind::System,
             bus: None,
             sdu: SduSettings::default(),
+            start_sdu: true,
         }
     }
 }
 
 impl TopologyConfig {
-    /// Every port, defaults filled in, free ports chosen for 0; unknown names refused.
+    /// Every port, defaults filled in, free ports chosen for 0 (except the registries', which
+    /// bind port 0 themselves: nothing needs their port before they listen); unknown names
+    /// refused.
     fn resolve_ports(&self) -> anyhow::Result<BTreeMap<String, u16>> {
         for name in self.ports.keys() {
             if !DEFAULT_PORTS.iter().any(|(n, _)| n == name) {
@@ -97,6 +105,7 @@ impl TopologyConfig {
         let mut out = BTreeMap::new();
         for (name, default) in DEFAULT_PORTS {
             let port = match self.ports.get(*name).copied().unwrap_or(*default) {
+                0 if Registry::ALL.iter().any(|r| r.system_id() == *name) => 0,
                 0 => free_port(&self.host)?,
                 p => p,
             };
@@ -150,8 +159,11 @@ pub struct Topology {
     pub bus_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     data_dir: PathBuf,
-    /// The SDU node's handle: start runs, read reports.
-    pub sdu: SduHandle,
+    /// The SDU node's handle (start runs, read reports); none when the SDU runs as its own
+    /// process (`start_sdu = false`).
+    pub sdu: Option<SduHandle>,
+    /// Where the bus expects the SDU node (its route for `kz.gov.sdu.v1.ProactiveService`).
+    pub sdu_addr: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -165,15 +177,15 @@ fn client_host(host: &str) -> &str {
 impl Topology {
     /// Starts every node and returns once all listen.
     pub async fn start(cfg: TopologyConfig, shutdown: Shutdown) -> anyhow::Result<Topology> {
-        let ports = cfg.resolve_ports()?;
+        let mut ports = cfg.resolve_ports()?;
         let (pki, pki_created) = ensure_pki(&cfg.pki_dir)
             .with_context(|| format!("preparing the dev PKI in {}", cfg.pki_dir.display()))?;
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
         let host = cfg.host.clone();
         let chost = client_host(&host).to_owned();
-        let node_cfg = |system: &str| -> anyhow::Result<NodeConfig> {
-            let listen: SocketAddr = format!("{host}:{}", ports[system])
+        let node_cfg = |system: &str, port: u16| -> anyhow::Result<NodeConfig> {
+            let listen: SocketAddr = format!("{host}:{port}")
                 .parse()
                 .with_context(|| format!("bad host {host:?}"))?;
             let mut c = NodeConfig::from_pki_dir(system, listen, pki.dir());
@@ -195,12 +207,13 @@ impl Topology {
             } else {
                 None
             };
-            let mut cfg_reg = node_cfg(system)?;
+            let mut cfg_reg = node_cfg(system, ports[system])?;
             // Registries sit behind the bus: only the bus and people may call them.
             cfg_reg.allowed_callers = REGISTRY_CALLERS.iter().map(|s| s.to_string()).collect();
             let running = shep_simulators::node(reg, sim.clone(), cfg_reg, links)
                 .start(shutdown.clone())
                 .await?;
+            ports.insert(system.to_owned(), running.addr.port());
             nodes.push(NodeInfo { system: system.into(), addr: running.addr, services: running.services.clone() });
             tasks.push(tokio::spawn(async move { running.wait().await.map_err(anyhow::Error::from) }));
         }
@@ -208,29 +221,34 @@ impl Topology {
         let settings = match cfg.bus.clone() {
             Some(s) => s,
             None => {
-                let mut s = BusSettings::default_topology(&chost, &ports);
+                let mut s = bus_settings(&chost, &ports);
                 s.audit.path = cfg.data_dir.join("audit.sqlite");
                 s
             }
         };
         let sim_now = sim.clone();
         let token_clock: shep_bus::TokenClock = Arc::new(move || sim_now.now());
-        let bus = shep_bus::start_with_token_clock(node_cfg("bus")?, settings, shutdown.clone(), token_clock).await?;
+        let bus = shep_bus::start_with_token_clock(node_cfg("bus", ports["bus"])?, settings, shutdown.clone(), token_clock).await?;
         let bus_addr = bus.addr;
         let metrics_addr = bus.metrics_addr;
         nodes.insert(0, NodeInfo { system: "bus".into(), addr: bus.addr, services: bus.services().to_vec() });
         tasks.push(tokio::spawn(async move { bus.wait().await.map_err(anyhow::Error::from) }));
 
-        let mut sdu_settings = cfg.sdu.clone();
-        sdu_settings.bus_url = bus_url.clone();
-        if sdu_settings.db.as_os_str().is_empty() || sdu_settings.db == SduSettings::default().db {
-            sdu_settings.db = cfg.data_dir.join("sdu.sqlite");
+        let mut sdu_addr = node_cfg("sdu", ports["sdu"])?.listen;
+        let mut sdu_handle = None;
+        if cfg.start_sdu {
+            let mut sdu_settings = cfg.sdu.clone();
+            sdu_settings.bus_url = bus_url.clone();
+            if sdu_settings.db.as_os_str().is_empty() || sdu_settings.db == SduSettings::default().db {
+                sdu_settings.db = cfg.data_dir.join("sdu.sqlite");
+            }
+            let sdu_clock: Arc<dyn shep_sdu::Clock> = Arc::new(SimulationClock(sim.clone()));
+            let sdu = shep_sdu::start(node_cfg("sdu", ports["sdu"])?, sdu_settings, sdu_clock, shutdown.clone()).await?;
+            sdu_handle = Some(sdu.handle.clone());
+            sdu_addr = sdu.addr;
+            nodes.push(NodeInfo { system: "sdu".into(), addr: sdu.addr, services: sdu.services.clone() });
+            tasks.push(tokio::spawn(async move { sdu.wait().await.map_err(anyhow::Error::from) }));
         }
-        let sdu_clock: Arc<dyn shep_sdu::Clock> = Arc::new(SimulationClock(sim.clone()));
-        let sdu = shep_sdu::start(node_cfg("sdu")?, sdu_settings, sdu_clock, shutdown.clone()).await?;
-        let sdu_handle = sdu.handle.clone();
-        nodes.push(NodeInfo { system: "sdu".into(), addr: sdu.addr, services: sdu.services.clone() });
-        tasks.push(tokio::spawn(async move { sdu.wait().await.map_err(anyhow::Error::from) }));
 
         Ok(Topology {
             nodes,
@@ -242,6 +260,7 @@ impl Topology {
             metrics_addr: Some(metrics_addr),
             data_dir: cfg.data_dir.clone(),
             sdu: sdu_handle,
+            sdu_addr,
             tasks,
         })
     }
@@ -267,6 +286,14 @@ impl Topology {
                 .filter(|s| !s.starts_with("grpc."))
                 .collect();
             let _ = writeln!(s, "{:<10} {:<22} {}", n.system, n.addr.to_string(), services.join(", "));
+        }
+        if self.sdu.is_none() {
+            let _ = writeln!(
+                s,
+                "{:<10} {:<22} not started here: run `shep node sdu --config FILE` (clock = \"scenario\")",
+                "sdu",
+                self.sdu_addr.to_string()
+            );
         }
         if let Some(m) = self.metrics_addr {
             let _ = writeln!(s, "{:<10} {:<22} Prometheus metrics at http://{m}/metrics", "metrics", m.to_string());
@@ -303,6 +330,22 @@ impl Topology {
         self.wait().await
     }
 }
+
+/// The bus of a topology: [`BusSettings::default_topology`], plus the simulators'
+/// `kz.shep.sim.v1.Scenario` routed to GBD UL (every simulator of a topology serves the same
+/// simulation), callable through the bus by the operator and, for `GetClock` only, by the
+/// SDU: an SDU process of its own follows a manual clock that way.
+pub fn bus_settings(host: &str, ports: &BTreeMap<String, u16>) -> BusSettings {
+    let mut s = BusSettings::default_topology(host, ports);
+    if let Some(gbd_ul) = s.systems.get_mut("gbd-ul") {
+        gbd_ul.services.push(SCENARIO_SERVICE.to_owned());
+    }
+    s.access.insert(0, shep_bus::config::AccessRule::allow("sdu", &format!("{SCENARIO_SERVICE}/GetClock")));
+    s
+}
+
+/// The simulators' scenario control.
+pub const SCENARIO_SERVICE: &str = "kz.shep.sim.v1.Scenario";
 
 /// The simulation's clock for a `clock` setting.
 pub fn clock(kind: ClockKind) -> shep_simulators::Clock {

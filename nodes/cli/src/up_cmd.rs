@@ -27,6 +27,10 @@ pub struct UpArgs {
     /// Listen on free ports chosen by the OS instead of 7000-7010
     #[arg(long)]
     any_ports: bool,
+    /// Start the registries and the bus only; run the SDU as its own process with
+    /// `shep node sdu --config FILE` (clock = "scenario" to follow a manual clock)
+    #[arg(long)]
+    without_sdu: bool,
 }
 
 pub async fn up(a: UpArgs) -> Result<(), Failure> {
@@ -45,7 +49,10 @@ pub async fn up(a: UpArgs) -> Result<(), Failure> {
         cfg.clock = c;
     }
     if a.any_ports {
-        cfg.ports.clear();
+        cfg = cfg.with_free_ports();
+    }
+    if a.without_sdu {
+        cfg.start_sdu = false;
     }
     shep_runtime::logging::init(&cfg.log);
     let shutdown = shep_runtime::Shutdown::new();

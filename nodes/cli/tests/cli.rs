@@ -88,7 +88,7 @@ fn node_with_a_malformed_or_missing_config_says_what_is_wrong() {
 fn example_configs_load() {
     let dir = tempfile::tempdir().unwrap();
     let nopki = dir.path().join("nopki");
-    for name in ["topology", "bus", "gbd-ul", "gbd-fl", "zags", "e-license", "bmg", "pep", "kdp"] {
+    for name in ["topology", "bus", "gbd-ul", "gbd-fl", "zags", "e-license", "bmg", "pep", "kdp", "sdu"] {
         let out = shep().args(["example-config", name, "--pki"]).arg(&nopki).output().unwrap();
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout);
