@@ -69,6 +69,50 @@ async fn kdp_refuses_without_consent_and_signs_verifiable_tokens() {
     assert_eq!(violations(&e), vec!["consumer".to_string()]);
 }
 
+/// One token for several scopes: issued only when each is consented to, it covers each,
+/// and withdrawing any one of them revokes it.
+#[tokio::test]
+async fn kdp_issues_one_token_for_several_scopes() {
+    const ACTS: &str = "zags.acts.read";
+    let h = Harness::start().await;
+    let c = h.sim.country();
+    let mut kdp = ConsentServiceClient::new(h.channel(Registry::Kdp, "operator"));
+    let subject = person_where(&h, |p| c.base_consent(p, "sdu", SCOPE).is_some() && c.base_consent(p, "sdu", ACTS).is_some());
+    let both = format!("{SCOPE}  {ACTS}");
+    let t = kdp
+        .issue_token(IssueTokenRequest { subject: subject.clone(), consumer: "sdu".into(), scope: both.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let key = kdp.get_public_key(GetPublicKeyRequest {}).await.unwrap().into_inner();
+    let claims = Verifier::new(key.public_key).verify(&t.token).unwrap();
+    assert_eq!(claims.scope, format!("{SCOPE} {ACTS}"), "normalised to single spaces");
+    let now = h.sim.now();
+    assert_eq!(claims.check(&subject, "sdu", SCOPE, now), Ok(()));
+    assert_eq!(claims.check(&subject, "sdu", ACTS, now), Ok(()));
+    assert!(claims.check(&subject, "sdu", "pep.notify", now).is_err());
+
+    let mut follow = kdp
+        .stream_revocations(StreamRevocationsRequest { cursor: String::new(), follow: true })
+        .await
+        .unwrap()
+        .into_inner();
+    kdp.revoke_consent(RevokeConsentRequest { subject: subject.clone(), consumer: "sdu".into(), scope: ACTS.into() })
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), follow.message()).await.expect("in time").unwrap().unwrap();
+    assert_eq!(r.token_ids, vec![claims.token_id.clone()], "withdrawing one scope revokes the token");
+
+    // Now one of the two has no consent: no token, and the refusal names that scope.
+    let e = kdp
+        .issue_token(IssueTokenRequest { subject, consumer: "sdu".into(), scope: both })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "NO_CONSENT");
+    let info = tonic_types::StatusExt::get_error_details(&e).error_info().cloned().unwrap();
+    assert_eq!(info.metadata.get("scope").map(String::as_str), Some(ACTS));
+}
+
 #[tokio::test]
 async fn kdp_revocations_stream_and_resume() {
     let h = Harness::start().await;

@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("topology up in {:.1} s (country generated, nodes listening)", started.as_secs_f64());
 
-    let sdu = &topo.sdu;
+    let sdu = topo.sdu.as_ref().ok_or_else(|| anyhow::anyhow!("the topology has no SDU node"))?;
     let t1 = Instant::now();
     let run = sdu.run_daily(pilot, date).await?;
     sdu.wait_run_settled(&run).await?;

@@ -27,7 +27,8 @@ pub struct Claims {
     pub subject: String,
     /// The consumer system id.
     pub consumer: String,
-    /// The scope ("gbdfl.person.read").
+    /// The scope ("gbdfl.person.read"), or several separated by single spaces, as in
+    /// OAuth 2.0's `scope` ("gbdfl.person.read zags.acts.read"): the token covers each.
     pub scope: String,
     /// Unix seconds.
     pub issued_at: i64,
@@ -74,6 +75,11 @@ impl Refusal {
 }
 
 impl Claims {
+    /// Whether the token covers `scope`: one of its scopes is `scope` or `*`.
+    pub fn covers(&self, scope: &str) -> bool {
+        self.scope.split(' ').any(|s| s == scope || s == "*")
+    }
+
     /// Checks the token against a call: subject, consumer, scope and expiry at `now`
     /// (unix seconds). A scope covers itself; `*` covers every scope.
     pub fn check(&self, subject: &str, caller: &str, scope: &str, now: i64) -> Result<(), Refusal> {
@@ -83,7 +89,7 @@ impl Claims {
         if self.consumer != caller {
             return Err(Refusal::ConsumerMismatch { token: self.consumer.clone(), caller: caller.to_owned() });
         }
-        if self.scope != scope && self.scope != "*" {
+        if !self.covers(scope) {
             return Err(Refusal::ScopeNotCovered { token: self.scope.clone(), needed: scope.to_owned() });
         }
         if now >= self.expires_at {
@@ -247,6 +253,18 @@ mod tests {
         assert_eq!(c.check("900515301234", "pep", "gbdfl.person.read", 1).unwrap_err().reason(), "CONSENT_CONSUMER_MISMATCH");
         assert_eq!(c.check("900515301234", "sdu", "bmg.phone.read", 1).unwrap_err().reason(), "CONSENT_SCOPE_NOT_COVERED");
         assert_eq!(c.check("900515301234", "sdu", "gbdfl.person.read", 2_000).unwrap_err().reason(), "CONSENT_EXPIRED");
+    }
+
+    #[test]
+    fn a_token_of_several_scopes_covers_each_and_no_other() {
+        let mut c = claims();
+        c.scope = "gbdfl.person.read zags.acts.read".into();
+        assert_eq!(c.check("900515301234", "sdu", "gbdfl.person.read", 1_500), Ok(()));
+        assert_eq!(c.check("900515301234", "sdu", "zags.acts.read", 1_500), Ok(()));
+        assert_eq!(c.check("900515301234", "sdu", "zags.acts", 1_500).unwrap_err().reason(), "CONSENT_SCOPE_NOT_COVERED");
+        assert_eq!(c.check("900515301234", "sdu", "gbdfl.person.read zags.acts.read", 1_500).unwrap_err().reason(), "CONSENT_SCOPE_NOT_COVERED");
+        c.scope = "*".into();
+        assert!(c.covers("anything"));
     }
 
     #[test]

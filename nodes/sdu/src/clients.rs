@@ -380,8 +380,10 @@ impl Upstream {
         }
     }
 
-    /// A KDP token for (subject, SDU, scope). A refusal is a [`CallError`] with
-    /// `consent_refused` set to the scope.
+    /// A KDP token for (subject, SDU, scope); `scope` may name several scopes separated by
+    /// spaces, and the one token then covers each. A refusal is a [`CallError`] with
+    /// `consent_refused` set to the scope KDP names as not consented to (its ErrorInfo
+    /// metadata `scope`), or to `scope` when it names none.
     pub async fn issue_token(&self, subject: Iin, scope: &str) -> Result<Token, CallError> {
         const M: &str = "kdp.IssueToken";
         let req = kdp::IssueTokenRequest {
@@ -391,11 +393,19 @@ impl Upstream {
         };
         match self.kdp.clone().issue_token(self.req(req, None)).await {
             Ok(r) => Ok(Token(r.into_inner().token)),
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(CallError {
-                message: format!("{M}: {scope}: {}", s.message()),
-                retryable: false,
-                consent_refused: Some(scope.to_owned()),
-            }),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                use tonic_types::StatusExt;
+                let refused = s
+                    .get_error_details()
+                    .error_info()
+                    .and_then(|i| i.metadata.get("scope").cloned())
+                    .unwrap_or_else(|| scope.to_owned());
+                Err(CallError {
+                    message: format!("{M}: {refused}: {}", s.message()),
+                    retryable: false,
+                    consent_refused: Some(refused),
+                })
+            }
             Err(s) => Err(CallError::from_status(M, &s)),
         }
     }

@@ -45,31 +45,41 @@ impl ConsentService for Kdp {
         let subject = parse_iin("subject", &r.subject)?;
         required("consumer", &r.consumer)?;
         required("scope", &r.scope)?;
+        // One scope, or several separated by spaces: one token covering each, issued only
+        // when every one is consented to.
+        let scopes: Vec<&str> = r.scope.split_whitespace().collect();
+        let scope = scopes.join(" ");
         let c = self.sim.country();
         let now = self.sim.now();
-        let mut st = self.sim.state();
-        let Some(consent) = st.consents.in_force(c, subject, &r.consumer, &r.scope, now) else {
-            return Err(error(
-                Code::FailedPrecondition,
-                format!("{} has not consented to {} for {}", r.subject, r.scope, r.consumer),
-                NO_CONSENT,
-                [("subject", r.subject.clone()), ("consumer", r.consumer.clone()), ("scope", r.scope.clone())],
-            ));
-        };
         let ttl = self.sim.settings().token_ttl_secs as i64;
-        let expires_at = consent.valid_until.map_or(now + ttl, |v| v.min(now + ttl));
+        let mut st = self.sim.state();
+        let mut expires_at = now + ttl;
+        for s in &scopes {
+            let Some(consent) = st.consents.in_force(c, subject, &r.consumer, s, now) else {
+                return Err(error(
+                    Code::FailedPrecondition,
+                    format!("{} has not consented to {s} for {}", r.subject, r.consumer),
+                    NO_CONSENT,
+                    [("subject", r.subject.clone()), ("consumer", r.consumer.clone()), ("scope", (*s).to_owned())],
+                ));
+            };
+            expires_at = consent.valid_until.map_or(expires_at, |v| v.min(expires_at));
+        }
         let n = st.consents.next_token_number();
         let signer = self.sim.signer();
         let claims = Claims {
             token_id: token_id(self.sim.settings().seed, n),
             subject: subject.to_string(),
             consumer: r.consumer.clone(),
-            scope: r.scope.clone(),
+            scope,
             issued_at: now,
             expires_at,
             key_id: signer.key_id().to_owned(),
         };
-        st.consents.remember_token(subject, &r.consumer, &r.scope, claims.token_id.clone(), expires_at, now);
+        // Withdrawing any of its scopes revokes the token.
+        for s in &scopes {
+            st.consents.remember_token(subject, &r.consumer, s, claims.token_id.clone(), expires_at, now);
+        }
         let token = signer.sign(&claims);
         Ok(Response::new(IssueTokenResponse { token, claims: Some(claims.into_proto()) }))
     }

@@ -181,12 +181,14 @@ impl Fakes {
         scope: &str,
         method: &str,
     ) -> Result<(), Status> {
-        let want = format!("tok:{iin}:{scope}");
+        // "tok:IIN:SCOPE SCOPE...": the subject matches and one of the scopes is this one.
         let ok = req
             .metadata()
             .get(shep_consent::METADATA_KEY)
             .and_then(|v| v.to_str().ok())
-            == Some(want.as_str());
+            .and_then(|t| t.strip_prefix("tok:"))
+            .and_then(|t| t.split_once(':'))
+            .is_some_and(|(who, scopes)| who == iin && scopes.split(' ').any(|s| s == scope));
         if ok {
             Ok(())
         } else {
@@ -661,11 +663,18 @@ impl kdp::consent_service_server::ConsentService for Svc {
         if r.consumer != "sdu" {
             return Err(Status::invalid_argument("consumer must be sdu"));
         }
-        if !self.0.country.consents(&r.subject, &r.scope) {
-            return Err(Status::failed_precondition(format!(
-                "no consent of {} for {}",
-                r.subject, r.scope
-            )));
+        // Several scopes separated by spaces: one token for all, as KDP issues it.
+        if let Some(s) = r
+            .scope
+            .split_whitespace()
+            .find(|s| !self.0.country.consents(&r.subject, s))
+        {
+            return Err(shep_runtime::status::error(
+                tonic::Code::FailedPrecondition,
+                format!("no consent of {} for {s}", r.subject),
+                "NO_CONSENT",
+                [("scope", s.to_owned())],
+            ));
         }
         Ok(Response::new(kdp::IssueTokenResponse {
             token: format!("tok:{}:{}", r.subject, r.scope),
