@@ -45,7 +45,7 @@ pub async fn up(a: UpArgs) -> Result<(), Failure> {
         cfg.clock = c;
     }
     if a.any_ports {
-        cfg.ports.clear();
+        cfg = cfg.with_free_ports();
     }
     shep_runtime::logging::init(&cfg.log);
     let shutdown = shep_runtime::Shutdown::new();
