@@ -5,7 +5,7 @@
 //! One writer, [`export_to`], serialises a snapshot of the state into an [`ExportTarget`]:
 //! a directory ([`DirTarget`], behind [`export_jsonl`]) or the chunks of
 //! `kz.shep.sim.v1.Scenario/Export` ([`stream`]). [`receive`] writes such a stream into a
-//! directory, checking each file against the totals the node sent, so that a live export
+//! directory ([`receive_into`]: into any target), checking each file against the totals the node sent, so that a live export
 //! and an offline one of the same state are the same bytes.
 
 use std::collections::HashSet;
@@ -552,11 +552,23 @@ pub enum ReceiveError {
 
 /// Writes the chunks of `Scenario/Export` into `dir` through a [`DirTarget`]: checks each
 /// file against the totals the node sent, and commits only a whole export.
-pub async fn receive<S>(mut chunks: S, dir: &Path) -> Result<ExportSummary, ReceiveError>
+pub async fn receive<S>(chunks: S, dir: &Path) -> Result<ExportSummary, ReceiveError>
 where
     S: Stream<Item = Result<ExportChunk, Status>> + Unpin,
 {
     let mut target = DirTarget::create(dir)?;
+    let files = receive_into(chunks, &mut target).await?;
+    target.commit()?;
+    Ok(ExportSummary { dir: dir.to_owned(), files })
+}
+
+/// Hands the chunks of `Scenario/Export` to `target`, checking each file against the totals
+/// the node sent; an error as soon as the stream breaks the contract.
+pub async fn receive_into<S, T>(mut chunks: S, target: &mut T) -> Result<Vec<ExportedFile>, ReceiveError>
+where
+    S: Stream<Item = Result<ExportChunk, Status>> + Unpin,
+    T: ExportTarget + ?Sized,
+{
     let mut current: Option<(String, Tally)> = None;
     let mut files = Vec::new();
     while let Some(chunk) = chunks.next().await {
@@ -596,8 +608,7 @@ where
     if files.is_empty() {
         return Err(ReceiveError::Broken("the stream ended without a file".into()));
     }
-    target.commit()?;
-    Ok(ExportSummary { dir: dir.to_owned(), files })
+    Ok(files)
 }
 
 impl std::fmt::Display for ExportSummary {
