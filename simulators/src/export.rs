@@ -5,8 +5,8 @@
 //! One writer, [`export_to`], serialises a snapshot of the state into an [`ExportTarget`]:
 //! a directory ([`DirTarget`], behind [`export_jsonl`]) or the chunks of
 //! `kz.shep.sim.v1.Scenario/Export` ([`stream`]). [`receive`] writes such a stream into a
-//! directory ([`receive_into`]: into any target), checking each file against the totals the node sent, so that a live export
-//! and an offline one of the same state are the same bytes.
+//! directory ([`receive_into`]: into any target), checking each file against the totals the
+//! node sent, so that a live export and an offline one of the same state are the same bytes.
 
 use std::collections::HashSet;
 use std::fs::File;
