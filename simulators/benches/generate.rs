@@ -1,5 +1,6 @@
-//! Generation time and peak memory at scale, and GBD FL `GetPerson` calls per second over
-//! mutual TLS. A plain program (`harness = false`) that prints a table:
+//! Generation time and peak memory at scale, GBD FL `GetPerson` calls per second over
+//! mutual TLS, and the live export (`Scenario/Export`) streamed over mutual TLS to a client
+//! that checks each file's totals: its speed and how much memory it adds. A plain program (`harness = false`) that prints a table:
 //!
 //! ```text
 //! cargo bench -p shep-simulators --bench generate
@@ -14,8 +15,12 @@ use std::time::Instant;
 
 use shep_proto::gbdfl::GetPersonRequest;
 use shep_proto::gbdfl::person_registry_client::PersonRegistryClient;
+use shep_proto::sim::ExportRequest;
+use shep_proto::sim::scenario_client::ScenarioClient;
 use shep_runtime::{NodeConfig, Shutdown, TlsConfig};
+use shep_simulators::export::{ExportTarget, ExportedFile, receive_into};
 use shep_simulators::{Clock, Registry, SimSettings, Simulation};
+use tonic::transport::Channel;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -59,7 +64,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (qps, errors) = rt.block_on(get_person_rate(sim.clone(), calls, concurrency))?;
+    let ((qps, errors), (export_bytes, export_secs), export_peak) = rt.block_on(async {
+        let dir = tempfile::tempdir()?;
+        shep_pki::Pki::init(dir.path(), shep_pki::DEFAULT_SYSTEMS, false)?;
+        let shutdown = Shutdown::new();
+        let cfg = NodeConfig::from_pki_dir("gbd-fl", "127.0.0.1:0".parse()?, dir.path());
+        let node = shep_simulators::node(Registry::GbdFl, sim.clone(), cfg, None).start(shutdown.clone()).await?;
+        let channel = shep_runtime::tls::channel(
+            &TlsConfig::from_pki_dir(dir.path(), "sdu"),
+            &format!("https://127.0.0.1:{}", node.addr.port()),
+        )?;
+        let rate = get_person_rate(&sim, channel.clone(), calls, concurrency).await?;
+        let before_export = peak_mib();
+        let export = export_rate(channel).await?;
+        let export_peak = peak_mib() - before_export;
+        shutdown.trigger();
+        let _ = node.wait().await;
+        Ok::<_, Box<dyn std::error::Error>>((rate, export, export_peak))
+    })?;
 
     println!("| measure | value |");
     println!("|---|---|");
@@ -69,23 +91,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "| GBD FL GetPerson over mTLS, {calls} calls, {concurrency} concurrent | {qps:.0} calls/s ({errors} errors) |"
     );
+    println!(
+        "| live export over mTLS, totals checked | {:.0} MiB in {export_secs:.2} s ({:.0} MiB/s), peak memory +{export_peak:.0} MiB |",
+        export_bytes as f64 / 1048576.0,
+        export_bytes as f64 / 1048576.0 / export_secs
+    );
     Ok(())
 }
 
 async fn get_person_rate(
-    sim: Arc<Simulation>,
+    sim: &Simulation,
+    channel: Channel,
     calls: usize,
     concurrency: usize,
 ) -> Result<(f64, usize), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    shep_pki::Pki::init(dir.path(), shep_pki::DEFAULT_SYSTEMS, false)?;
-    let shutdown = Shutdown::new();
-    let cfg = NodeConfig::from_pki_dir("gbd-fl", "127.0.0.1:0".parse()?, dir.path());
-    let node = shep_simulators::node(Registry::GbdFl, sim.clone(), cfg, None).start(shutdown.clone()).await?;
-    let channel = shep_runtime::tls::channel(
-        &TlsConfig::from_pki_dir(dir.path(), "sdu"),
-        &format!("https://127.0.0.1:{}", node.addr.port()),
-    )?;
     let iins: Arc<Vec<String>> =
         Arc::new(sim.country().persons().iter().step_by(97).map(|p| p.iin.to_string()).collect());
     // Warm up the connection.
@@ -112,7 +131,29 @@ async fn get_person_rate(
         errors += t.await?;
     }
     let qps = calls as f64 / start.elapsed().as_secs_f64();
-    shutdown.trigger();
-    let _ = node.wait().await;
     Ok((qps, errors))
+}
+
+/// Takes the bytes of an export and keeps nothing.
+struct Discard;
+
+impl ExportTarget for Discard {
+    fn begin(&mut self, _: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write(&mut self, _: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn end(&mut self, _: &ExportedFile) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The whole export received as `shep sim export --addr` does (each file checked against
+/// its totals), without writing it: (bytes, seconds).
+async fn export_rate(channel: Channel) -> Result<(u64, f64), Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    let chunks = ScenarioClient::new(channel).export(ExportRequest {}).await?.into_inner();
+    let files = receive_into(chunks, &mut Discard).await?;
+    Ok((files.iter().map(|f| f.bytes).sum(), start.elapsed().as_secs_f64()))
 }

@@ -161,6 +161,11 @@ impl Simulation {
         self.closing.send_replace(true);
     }
 
+    /// True once [`Simulation::close_streams`] was called: long answers (an export) stop.
+    pub fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
     /// Resolves once [`Simulation::close_streams`] was called.
     pub async fn closed(&self) {
         let mut rx = self.closing.subscribe();

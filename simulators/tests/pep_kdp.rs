@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, collect, reason, violations};
+use common::{Harness, collect, person_where, reason, violations};
 use shep_consent::Verifier;
 use shep_proto::kdp::consent_service_client::ConsentServiceClient;
 use shep_proto::kdp::{
@@ -19,12 +19,6 @@ use shep_simulators::{Clock, Registry, Simulation};
 use tonic::Code;
 
 const SCOPE: &str = "gbdfl.person.read";
-
-fn person_where(h: &Harness, f: impl Fn(u32) -> bool) -> String {
-    let c = h.sim.country();
-    let p = (0..c.persons().len() as u32).find(|&i| f(i)).expect("such a person");
-    c.persons()[p as usize].iin.to_string()
-}
 
 #[tokio::test]
 async fn kdp_refuses_without_consent_and_signs_verifiable_tokens() {

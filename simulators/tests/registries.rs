@@ -208,17 +208,8 @@ fn org_holder(bin: &str) -> Holder {
 #[tokio::test]
 async fn elicense_reissue_is_idempotent_and_fills_the_cabinet() {
     let h = Harness::start().await;
-    let c = h.sim.country();
     let mut el = PermitRegistryClient::new(h.channel(Registry::ELicense, "sdu"));
-    let (index, permit) = c
-        .permits()
-        .iter()
-        .enumerate()
-        .find(|(_, p)| p.status == PermitStatus::Active && matches!(p.holder, HolderRef::Org(_)))
-        .expect("an active permit of an organization");
-    let HolderRef::Org(o) = permit.holder else { unreachable!() };
-    let bin = c.orgs()[o as usize].bin.to_string();
-    let number = shep_simulators::country::permit_number(permit.region, permit.service, index as u32 + 1);
+    let (bin, number) = common::active_org_permit(&h);
 
     let listed = el
         .list_permits(ListPermitsRequest { holder: Some(org_holder(&bin)), service_codes: vec![] })

@@ -1,12 +1,8 @@
 //! The `shep` binary as a user runs it: help, exit codes, the PKI commands, `shep up`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn shep() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_shep"))
-}
+use common::{Up, shep};
 
 #[test]
 fn help_on_every_command() {
@@ -110,85 +106,24 @@ fn example_configs_load() {
 /// `shep up` on free ports: prints the table, answers grpcurl through the bus, stops on SIGTERM.
 #[test]
 fn up_prints_the_table_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = KillOnDrop(
-        shep()
-            .current_dir(dir.path())
-            .args(["up", "--any-ports", "--clock", "manual"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let child = &mut child.0;
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut table = vec![];
-    loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("shep up prints its table");
-        if line.starts_with("ready") {
-            break;
-        }
-        table.push(line);
-    }
-    let text = table.join("\n");
+    let up = Up::start();
+    let text = up.table.join("\n");
     for system in ["bus", "gbd-ul", "gbd-fl", "zags", "e-license", "bmg", "pep", "kdp"] {
-        assert!(table.iter().any(|l| l.starts_with(&format!("{system} "))), "{system} missing:\n{text}");
+        assert!(up.table.iter().any(|l| l.starts_with(&format!("{system} "))), "{system} missing:\n{text}");
     }
-    assert!(dir.path().join("var/pki/ca.pem").exists(), "dev PKI generated under ./var/pki");
-    grpcurl_through_the_bus(dir.path(), &table);
+    assert!(up.pki().join("ca.pem").exists(), "dev PKI generated under ./var/pki");
+    assert!(!up.addr("bus").ends_with(":7000"), "--any-ports: free ports, not the defaults:\n{text}");
+    grpcurl_through_the_bus(&up);
     // SIGTERM: a graceful stop with exit 0.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "shep up did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = up.terminate();
     assert!(status.success(), "{status:?}");
 }
 
 /// The grpcurl binary (`make test` installs it) against the bus of a running `shep up`.
-fn grpcurl_through_the_bus(root: &std::path::Path, table: &[String]) {
-    let bus = table
-        .iter()
-        .find(|l| l.starts_with("bus "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .expect("bus address in the table")
-        .to_owned();
-    let gbd_ul = table
-        .iter()
-        .find(|l| l.starts_with("gbd-ul "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .expect("gbd-ul address")
-        .to_owned();
-    let grpcurl = |identity: &str, args: &[&str]| {
-        let pki = root.join("var/pki");
-        let out = Command::new(shep_tests::grpcurl())
-            .arg("-cacert")
-            .arg(pki.join("ca.pem"))
-            .arg("-cert")
-            .arg(pki.join(format!("{identity}.pem")))
-            .arg("-key")
-            .arg(pki.join(format!("{identity}.key")))
-            .args(args)
-            .output()
-            .expect("run grpcurl");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
+fn grpcurl_through_the_bus(up: &Up) {
+    let bus = up.addr("bus");
+    let gbd_ul = up.addr("gbd-ul");
+    let grpcurl = |identity: &str, args: &[&str]| up.grpcurl(identity, args);
     // The bus lists every routed registry.
     let (ok, out, err) = grpcurl("operator", &[&bus, "list"]);
     assert!(ok, "{err}");
@@ -213,16 +148,4 @@ fn grpcurl_through_the_bus(root: &std::path::Path, table: &[String]) {
     let (ok, _, err) = grpcurl("sdu", &["-d", r#"{"bin":"150340000014"}"#, &gbd_ul, "kz.gov.gbdul.v1.OrganizationRegistry/GetOrganization"]);
     assert!(!ok);
     assert!(err.contains("PermissionDenied") && err.contains("through the bus"), "{err}");
-}
-
-/// Kills the child when a failed assertion unwinds, so no `shep up` outlives its test.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }

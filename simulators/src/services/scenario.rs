@@ -1,6 +1,6 @@
 //! `kz.shep.sim.v1.Scenario`, served by every simulator node: injections (applied by the
 //! nodes they concern, `applied` false elsewhere), consents, citizens' scripts, faults of
-//! this node, reset, and the clock.
+//! this node, reset, the clock, and the export of the current state.
 //!
 //! The nodes of a process share one simulation, so an injection applied through one node
 //! is seen by all; injections are idempotent by effect, so sending the same one to every
@@ -15,7 +15,7 @@ use shep_proto::zags::ActKind;
 use shep_runtime::status::{error, invalid_field, not_found, parse_bin, parse_iin};
 use tonic::{Code, Request, Response, Status};
 
-use super::common::{date, date_or, required};
+use super::common::{Feed, date, date_or, required};
 use crate::clock::ClockError;
 use crate::country::Prison;
 use crate::faults::{ALL_METHODS, Fault};
@@ -83,6 +83,8 @@ fn fault(r: &SetFaultRequest) -> Result<Fault, Status> {
 
 #[tonic::async_trait]
 impl Scenario for ScenarioService {
+    type ExportStream = Feed<ExportChunk>;
+
     async fn inject_rename(&self, req: Request<InjectRenameRequest>) -> Result<Response<InjectRenameResponse>, Status> {
         let r = req.into_inner();
         let bin = parse_bin("bin", &r.bin)?;
@@ -256,6 +258,11 @@ impl Scenario for ScenarioService {
     async fn advance_clock(&self, req: Request<AdvanceClockRequest>) -> Result<Response<AdvanceClockResponse>, Status> {
         let now = self.sim.clock().advance(req.get_ref().seconds);
         Ok(Response::new(AdvanceClockResponse { now: Some(ts(now)) }))
+    }
+
+    async fn export(&self, _req: Request<ExportRequest>) -> Result<Response<Self::ExportStream>, Status> {
+        tracing::info!(registry = %self.registry, "export started");
+        Ok(Response::new(crate::export::stream(self.sim.clone())))
     }
 
     async fn set_clock(&self, req: Request<SetClockRequest>) -> Result<Response<SetClockResponse>, Status> {

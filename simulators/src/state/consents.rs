@@ -42,7 +42,7 @@ pub struct Revoked {
 type Key = (Iin, String, String);
 
 /// The state of KDP.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ConsentState {
     changes: HashMap<Key, Change>,
     seq: u64,

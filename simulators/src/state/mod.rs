@@ -8,7 +8,7 @@ pub mod permits;
 pub mod sms;
 
 /// Everything that changed since the start (or the last reset).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct State {
     /// GBD FL and ZAGS.
     pub people: people::PeopleState,

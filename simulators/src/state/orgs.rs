@@ -17,7 +17,7 @@ pub struct InjectedRename {
 }
 
 /// The injected changes of GBD UL.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct OrgState {
     names: HashMap<u32, LocalizedText>,
     renames: Vec<InjectedRename>,

@@ -31,7 +31,7 @@ pub struct InjectedAct {
 }
 
 /// The injected changes of GBD FL and ZAGS.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PeopleState {
     overrides: HashMap<u32, PersonOverride>,
     acts: Vec<InjectedAct>,

@@ -62,7 +62,7 @@ pub struct Reissue<'a> {
 }
 
 /// The state of e-license.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PermitState {
     replaced_by: HashMap<u32, u32>,
     new_permits: Vec<NewPermit>,

@@ -54,7 +54,7 @@ struct Pending {
 }
 
 /// The state of PEP.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SmsState {
     outbox: Vec<Sms>,
     by_phone: HashMap<String, Vec<usize>>,

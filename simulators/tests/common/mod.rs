@@ -71,6 +71,32 @@ impl Drop for Harness {
     }
 }
 
+/// The IIN of the first generated person for whom `f` holds.
+pub fn person_where(h: &Harness, f: impl Fn(u32) -> bool) -> String {
+    let c = h.sim.country();
+    let p = (0..c.persons().len() as u32).find(|&i| f(i)).expect("such a person");
+    c.persons()[p as usize].iin.to_string()
+}
+
+/// The first generated active permit held by an organization: (the holder's BIN, the
+/// permit number).
+pub fn active_org_permit(h: &Harness) -> (String, String) {
+    use shep_proto::elicense::PermitStatus;
+    use shep_simulators::country::HolderRef;
+    let c = h.sim.country();
+    let (index, permit, o) = c
+        .permits()
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| match p.holder {
+            HolderRef::Org(o) if p.status == PermitStatus::Active => Some((i, p, o)),
+            _ => None,
+        })
+        .expect("an active permit of an organization");
+    let number = shep_simulators::country::permit_number(permit.region, permit.service, index as u32 + 1);
+    (c.orgs()[o as usize].bin.to_string(), number)
+}
+
 /// The BadRequest field violations of a status, as (field, description).
 pub fn violations(s: &tonic::Status) -> Vec<String> {
     use tonic_types::StatusExt;
