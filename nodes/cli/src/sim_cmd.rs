@@ -91,7 +91,7 @@ fn status_failure(addr: &str, identity: &str, s: tonic::Status) -> Failure {
             (CONFIG, "; the registries accept the `operator` identity (--identity) from the topology's PKI (--pki)")
         }
         Code::Unimplemented => {
-            (CONFIG, "; --addr must be a simulator node (gbd-ul, gbd-fl, zags, e-license, bmg, pep or kdp)")
+            (CONFIG, "; --addr must be a simulator node (gbd-ul, gbd-fl, zags, e-license, bmg, pep or kdp) or the bus of a simulated topology")
         }
         _ => (RUNTIME, ""),
     };

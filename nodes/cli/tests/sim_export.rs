@@ -64,8 +64,8 @@ fn live_export_from_a_running_topology() {
         assert_eq!(bytes.iter().filter(|b| **b == b'\n').count() as u64, *lines, "{f}");
     }
 
-    // A rename injected through GBD UL is in the next export, taken from another node
-    // (given as HOST:PORT), over the previous one.
+    // A rename injected through GBD UL is in the next export, taken through the bus (it
+    // routes Scenario to a simulator; given as HOST:PORT), over the previous one.
     let first = std::fs::read_to_string(root.join("offline/gbd-ul.jsonl")).unwrap();
     let org: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
     let bin = org["bin"].as_str().unwrap();
@@ -73,7 +73,7 @@ fn live_export_from_a_running_topology() {
     let (ok, _, err) =
         up.grpcurl("operator", &["-d", &req, &up.addr("gbd-ul"), "kz.shep.sim.v1.Scenario/InjectRename"]);
     assert!(ok, "{err}");
-    let again = export(root, "live", &["--addr", &up.addr("zags")]);
+    let again = export(root, "live", &["--addr", &up.addr("bus")]);
     let (after, after_digest) = summary(&again);
     assert_ne!(after_digest, digest);
     assert_eq!(after, files, "a rename adds no line");
@@ -98,7 +98,7 @@ fn live_export_from_a_running_topology() {
     let o = export(root, "failed", &["--addr", &gbd_fl, "--identity", "sdu"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("PermissionDenied") && stderr(&o).contains("operator"), "{}", stderr(&o));
-    let o = export(root, "failed", &["--addr", &up.addr("bus")]);
+    let o = export(root, "failed", &["--addr", &up.addr("sdu")]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("must be a simulator node"), "{}", stderr(&o));
     let o = export(root, "failed", &["--addr", "https://127.0.0.1:9"]);
