@@ -494,7 +494,9 @@ impl Tester {
                 outage_end: None,
             })
             .await;
-        assert!(must("SetFault", r).methods > 0, "{method} is not served by {system}");
+        let methods = must("SetFault", r).methods;
+        let removal = f.rate == 0.0 && f.latency_ms == 0 && f.jitter_ms == 0;
+        assert!(removal || methods > 0, "{method} is not served by {system}");
     }
 
     // ---- the clock ---------------------------------------------------------------------------

@@ -240,3 +240,294 @@ async fn every_outcome_of_order_000_through_the_bus() {
     assert_eq!((k.answered_yes, k.answered_no, k.no_answer, k.reissued, k.failed, k.open), (3, 1, 2, 3, 0, 0));
     env.stop().await;
 }
+
+/// The shipped 2026 table with one transfer added, as an operator adds a government decree
+/// (`[sdu] calendar_file`, no rebuild). No decree of 2026 moves a day yet, and the one of
+/// 2025 (3 ↔ 5 January) falls before any working-day pilot is in force, so the test decrees
+/// one: Friday 10 April 2026 off, Saturday 4 April worked.
+fn calendar_with_a_transfer() -> String {
+    let shipped = include_str!("../../nodes/sdu/calendar/2026.toml");
+    let with = shipped.replace(
+        "transfers = []",
+        "transfers = [\n    { day_off = \"2026-04-10\", working_day = \"2026-04-04\", basis = \"a decree of the test\" },\n]",
+    );
+    assert_ne!(with, shipped, "the shipped 2026 table has no `transfers = []` line any more");
+    with
+}
+
+/// Waits that span Nauryz (working days for 000, plain days for 004), the Kazakh SMS of 004,
+/// a government transfer of a working day, and a step that keeps failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nauryz_a_transfer_the_kazakh_sms_and_a_failing_step() {
+    // Friday 20 March 2026, 09:00: the eve of Nauryz.
+    let env = start(date(2026, 3, 20), |cfg, dir| {
+        let file = dir.join("calendar-2026.toml");
+        std::fs::write(&file, calendar_with_a_transfer()).expect("write the operator's calendar");
+        cfg.sdu.calendar_file = Some(file);
+    })
+    .await;
+    let t = &env.t;
+    let day = date(2026, 3, 19);
+    let mut pick = Picker::new(&env.topo.sim);
+    let working = pick.org(&SEZ, 1);
+    let plain = pick.org(&TRUSTED_SW, 1);
+    t.prepare(&working, Behaviour::Silent, 1, day).await;
+    t.prepare(&plain, Behaviour::Silent, 2, day).await;
+    let run_000 = t.start_run("sez-000", day).await;
+    let run_004 = t.start_run("trusted-sw-004", day).await;
+    let runs = [run_000.as_str(), run_004.as_str()];
+    t.settle(&runs).await;
+
+    // Sent Friday 20 March 09:00.
+    // 000, working days: Sat 21 and Sun 22 (weekend and Nauryz), Mon 23 (Nauryz); Nauryz of
+    // the 21st and 22nd fell on a weekend and is carried over to Tue 24 and Wed 25; then
+    // Thu 26 (1), Fri 27 (2), Mon 30 (3).
+    // 004, plain days: Sat 21 (1), Sun 22 (2), Mon 23 (3).
+    let w = t.case_of(&run_000, working.holder).await;
+    let p = t.case_of(&run_004, plain.holder).await;
+    assert_eq!(deadline(&w), "2026-03-30T09:00:00");
+    assert_eq!(deadline(&p), "2026-03-23T09:00:00");
+
+    // The SMS of 004 is the Kazakh text of its appendix; that of 000 the Russian one.
+    let outbox = t.outbox().await;
+    let by_case = sms_by_case(&outbox);
+    let (sms_p, sms_w) = (by_case[&p.case_id][0], by_case[&w.case_id][0]);
+    assert_eq!((sms_p.text.as_str(), sms_p.language()), (SMS_004, Language::Kk));
+    assert_eq!((sms_w.text.as_str(), sms_w.language()), (SMS_000, Language::Ru));
+
+    t.set_clock(almaty("2026-03-23T08:59:59")).await;
+    t.settle(&runs).await;
+    assert_eq!(t.case(&p.case_id).await.sms_attempts, 1);
+    t.set_clock(almaty("2026-03-23T09:00")).await;
+    t.settle(&runs).await;
+    let p = t.case(&p.case_id).await;
+    assert_eq!(p.sms_attempts, 2);
+    // Re-sent Monday 23 March 09:00, plain days: Tue 24 (1), Wed 25 (2), Thu 26 (3).
+    assert_eq!(deadline(&p), "2026-03-26T09:00:00");
+    assert_eq!(t.case(&w.case_id).await.sms_attempts, 1, "000 still waits out Nauryz");
+    t.set_clock(almaty("2026-03-26T09:00")).await;
+    let p = t.wait_case(&p.case_id, "closed", |c| c.outcome() != Outcome::Open).await;
+    assert_eq!(p.outcome(), Outcome::NoAnswer);
+    assert_eq!(almaty_text(from_pb_ts(p.closed_at.as_ref())), "2026-03-26T09:00:00");
+    t.settle(&runs).await;
+    t.set_clock(almaty("2026-03-30T08:59:59")).await;
+    t.settle(&runs).await;
+    assert_eq!(t.case(&w.case_id).await.sms_attempts, 1);
+    t.set_clock(almaty("2026-03-30T09:00")).await;
+    t.settle(&runs).await;
+    let w = t.case(&w.case_id).await;
+    assert_eq!(w.sms_attempts, 2);
+    // Re-sent Monday 30 March 09:00: Tue 31 (1), Wed 1 April (2), Thu 2 April (3).
+    assert_eq!(deadline(&w), "2026-04-02T09:00:00");
+    t.set_clock(almaty("2026-04-02T09:00")).await;
+    let w = t.wait_case(&w.case_id, "closed", |c| c.outcome() != Outcome::Open).await;
+    assert_eq!(w.outcome(), Outcome::NoAnswer);
+
+    // The transfer, and a step that keeps failing: e-license refuses every re-issue.
+    let day = date(2026, 4, 2);
+    let silent = pick.org(&SEZ, 1);
+    let doomed = pick.org(&SEZ, 1);
+    t.prepare(&silent, Behaviour::Silent, 3, day).await;
+    t.prepare(&doomed, Behaviour::Answers("1"), 4, day).await;
+    let down = FaultSpec { code: tonic::Code::Unavailable as i32, rate: 1.0, ..Default::default() };
+    t.fault("e-license", "/kz.gov.elicense.v1.PermitRegistry/ReissuePermit", down).await;
+    t.set_clock(almaty("2026-04-03T10:00")).await;
+    let run = t.start_run("sez-000", day).await;
+    t.settle(&[&run]).await;
+    let s = t.case_of(&run, silent.holder).await;
+    // Sent Friday 3 April 10:00: Sat 4 worked by the decree (1), Sun 5 off, Mon 6 (2),
+    // Tue 7 (3). Without the decree: Mon 6, Tue 7, Wed 8.
+    assert_eq!(deadline(&s), "2026-04-07T10:00:00");
+
+    // "1" an hour later; every try to re-issue fails; after the bounded retries, FAILED.
+    t.set_clock(almaty("2026-04-03T12:00")).await;
+    let d = t.case_of(&run, doomed.holder).await;
+    let d = t.wait_case(&d.case_id, "closed", |c| c.outcome() != Outcome::Open).await;
+    assert_eq!(d.outcome(), Outcome::Failed, "{d:?}");
+    let failures = kind_steps(&d, CaseStepKind::CallFailed);
+    assert_eq!(failures.len(), 4, "max_attempts tries, each recorded: {d:?}");
+    assert!(failures.iter().all(|f| f.detail.contains("elicense.ReissuePermit")), "{failures:?}");
+    assert!(failures.last().is_some_and(|f| f.detail.contains("gave up after 4 tries")), "{failures:?}");
+    for p in &doomed.permits {
+        let permit = t.permit(p).await;
+        assert_eq!((permit.status(), permit.replaced_by.as_str()), (PermitStatus::Active, ""), "nothing re-issued");
+    }
+    assert!(t.cabinet(doomed.holder).await.is_empty());
+    t.fault("e-license", "/kz.gov.elicense.v1.PermitRegistry/ReissuePermit", FaultSpec::default()).await;
+
+    t.set_clock(almaty("2026-04-07T10:00")).await;
+    t.settle(&[&run]).await;
+    let s = t.case(&s.case_id).await;
+    assert_eq!(s.sms_attempts, 2);
+    // Re-sent Tuesday 7 April 10:00: Wed 8 (1), Thu 9 (2), Fri 10 off by the decree, Sat 11
+    // and Sun 12 weekend, Mon 13 (3). Without the decree: Fri 10.
+    assert_eq!(deadline(&s), "2026-04-13T10:00:00");
+    t.set_clock(almaty("2026-04-13T10:00")).await;
+    let s = t.wait_case(&s.case_id, "closed", |c| c.outcome() != Outcome::Open).await;
+    assert_eq!(s.outcome(), Outcome::NoAnswer);
+    let k = t.report("sez-000", day).await.counts.expect("counts");
+    assert_eq!((k.failed, k.no_answer, k.reissued, k.open), (1, 1, 0, 0));
+    env.stop().await;
+}
+
+/// Plain days for order 001 across a weekend and Independence Day, and the period of force
+/// of each pilot: a date outside it is refused, and the error says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_001_counts_plain_days_and_pilots_keep_their_periods_of_force() {
+    // Friday 12 December 2025, 09:00.
+    let env = start(date(2025, 12, 12), |_, _| {}).await;
+    let t = &env.t;
+    let day = date(2025, 12, 11);
+    let mut pick = Picker::new(&env.topo.sim);
+    let silent = pick.org(&ECO, 1);
+    let agrees = pick.org(&ECO, 1);
+    t.prepare(&silent, Behaviour::Silent, 1, day).await;
+    t.prepare(&agrees, Behaviour::Answers("1"), 2, day).await;
+    let run = t.start_run("eco-001", day).await;
+    t.settle(&[&run]).await;
+    let s = t.case_of(&run, silent.holder).await;
+    // Sent Friday 12 December 09:00, plain days: Sat 13 (1), Sun 14 (2), Mon 15 (3). (Working
+    // days would give Thu 18: Mon 15, Tue 16 Independence Day, Wed 17, Thu 18.)
+    assert_eq!(deadline(&s), "2025-12-15T09:00:00");
+    t.set_clock(almaty("2025-12-12T12:00")).await;
+    let a = t.case_of(&run, agrees.holder).await;
+    let a = t.wait_case(&a.case_id, "closed", |c| c.outcome() != Outcome::Open).await;
+    assert_eq!(a.outcome(), Outcome::Reissued, "{a:?}");
+    t.set_clock(almaty("2025-12-15T09:00")).await;
+    t.settle(&[&run]).await;
+    let s = t.case(&s.case_id).await;
+    assert_eq!(s.sms_attempts, 2);
+    // Re-sent Monday 15 December 09:00: Tue 16 (1, a holiday counts as a plain day), Wed 17
+    // (2), Thu 18 (3). (Working days would give Fri 19.)
+    assert_eq!(deadline(&s), "2025-12-18T09:00:00");
+    t.set_clock(almaty("2025-12-18T09:00")).await;
+    let s = t.wait_case(&s.case_id, "closed", |c| c.outcome() != Outcome::Open).await;
+    assert_eq!(s.outcome(), Outcome::NoAnswer);
+    assert_nothing_duplicated(t, &t.wait_closed(&run).await, &t.outbox().await).await;
+
+    // Periods of force (nodes/sdu/pilots.toml derives them from the orders): the first and
+    // last day are run, the days around them refused with FAILED_PRECONDITION and
+    // PILOT_OUT_OF_FORCE, naming the period.
+    let periods = [
+        ("sez-000", date(2026, 1, 30), date(2027, 1, 30)),
+        ("eco-001", date(2025, 1, 23), date(2025, 12, 24)),
+        ("trusted-sw-004", date(2025, 5, 9), date(2026, 5, 8)),
+    ];
+    for (pilot, from, to) in periods {
+        for outside in [from.yesterday().unwrap(), to.tomorrow().unwrap()] {
+            let e = t.run_daily(pilot, outside).await.expect_err("a date out of force is refused");
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{pilot} {outside}: {e:?}");
+            assert_eq!(e.get_details_error_info().map(|i| i.reason).as_deref(), Some("PILOT_OUT_OF_FORCE"));
+            let m = e.message();
+            assert!(m.contains(&format!("in force from {from} to {to}")) && m.contains(&outside.to_string()), "{m}");
+        }
+        for inside in [from, to] {
+            let r = t.run_daily(pilot, inside).await.unwrap_or_else(|e| panic!("{pilot} {inside}: {e:?}"));
+            assert!(!r.existing);
+        }
+    }
+    env.stop().await;
+}
+
+/// With 5% UNAVAILABLE and added latency on every registry, the run of a busy day ends with
+/// the same outcome for every subject as the same run without faults (two topologies of the
+/// same seed, driven in step), and nothing is sent or re-issued twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_on_every_registry_change_no_outcome_and_duplicate_nothing() {
+    let today = date(2026, 3, 5);
+    let day = date(2026, 3, 4);
+    let busy = |cfg: &mut TopologyConfig, _: &std::path::Path| {
+        cfg.sim.renames_per_day = 25;
+        cfg.sim.name_changes_per_day = 60;
+        // Enough tries that 5% failures at each of the hops of a call never exhaust them.
+        cfg.sdu.max_attempts = 10;
+    };
+    let (calm, faulty) = tokio::join!(start(today, busy), start(today, busy));
+    let fault = FaultSpec { code: tonic::Code::Unavailable as i32, rate: 0.05, latency_ms: 2, jitter_ms: 10 };
+    faulty.t.fault_everywhere(fault).await;
+
+    // The same scripted subjects in both (the country is the same), on top of the generated diff.
+    let mut scripted = vec![];
+    for env in [&calm, &faulty] {
+        let mut pick = Picker::new(&env.topo.sim);
+        pick.avoid_history_of(day);
+        let mut subjects: Vec<(Subject, Behaviour)> = vec![(pick.org(&SEZ, 2), Behaviour::Answers("1"))];
+        for b in &Behaviour::EVERY_OUTCOME[1..] {
+            subjects.push((pick.org(&SEZ, 1), *b));
+        }
+        subjects.push((pick.person(&SEZ, 1), Behaviour::Answers("1")));
+        for (n, (s, b)) in subjects.iter().enumerate() {
+            env.t.prepare(s, *b, n, day).await;
+        }
+        scripted.push(subjects);
+    }
+    let ids: Vec<_> = scripted[0].iter().map(|(s, _)| s.holder).collect();
+    assert_eq!(ids, scripted[1].iter().map(|(s, _)| s.holder).collect::<Vec<_>>());
+    let runs = [calm.t.start_run("sez-000", day).await, faulty.t.start_run("sez-000", day).await];
+    let both = [(&calm.t, runs[0].as_str()), (&faulty.t, runs[1].as_str())];
+
+    // In step: both settle before the clock moves, through the day of the SMS, the first
+    // wait (deadline Wed 11 March 09:00, see the test of order 000), the repeat and the
+    // second wait (Mon 16 March 09:00), then a day more.
+    for at in [
+        "2026-03-05T09:00",
+        "2026-03-05T13:00",
+        "2026-03-05T23:00",
+        "2026-03-06T23:00",
+        "2026-03-09T23:00",
+        "2026-03-11T09:00",
+        "2026-03-11T13:00",
+        "2026-03-11T23:00",
+        "2026-03-12T23:00",
+        "2026-03-16T09:00",
+        "2026-03-17T09:00",
+    ] {
+        for (t, run) in both {
+            if t.now().await < almaty(at) {
+                t.set_clock(almaty(at)).await;
+            }
+            t.settle(&[run]).await;
+        }
+    }
+    let mut outcomes = vec![];
+    for (t, run) in both {
+        let cases = t.wait_closed(run).await;
+        // The tester's own reads of PEP and e-license go to the registries directly.
+        t.fault_everywhere(FaultSpec::default()).await;
+        assert_nothing_duplicated(t, &cases, &t.outbox().await).await;
+        outcomes.push(cases);
+    }
+    let by_holder = |cases: &[pb::Case]| -> HashMap<String, (Outcome, u32)> {
+        cases.iter().map(|c| (format!("{}{}", c.subject_bin, c.subject_iin), (c.outcome(), c.sms_attempts))).collect()
+    };
+    let (mut a, mut b) = (by_holder(&outcomes[0]), by_holder(&outcomes[1]));
+    // A recipient asked in two cases at once answers from one phone, and PEP credits the
+    // answer to the SMS that went out last, an order faults may change: such cases are
+    // compared only for being closed.
+    let mut asked: HashMap<&str, Vec<String>> = HashMap::new();
+    for c in outcomes[0].iter().filter(|c| !c.recipient_iin.is_empty()) {
+        asked.entry(&c.recipient_iin).or_default().push(format!("{}{}", c.subject_bin, c.subject_iin));
+    }
+    for holders in asked.values().filter(|h| h.len() > 1) {
+        for h in holders {
+            a.remove(h);
+            b.remove(h);
+        }
+    }
+    assert!(a.len() > scripted[0].len(), "the generated diff adds cases: {a:?}");
+    assert_eq!(a, b, "outcomes and SMS counts without faults (left) and with them (right)");
+    for (s, want) in &scripted[1] {
+        assert_eq!(b[&s.holder.id()].0, want.expected(), "{want:?} under faults");
+    }
+    let retried: usize = {
+        let mut n = 0;
+        for c in &outcomes[1] {
+            n += kind_steps(&faulty.t.case(&c.case_id).await, CaseStepKind::CallFailed).len();
+        }
+        n
+    };
+    eprintln!("faulty run: {} cases, {retried} failed calls retried", outcomes[1].len());
+    assert!(retried > 0, "the faults were injected: some calls failed and were retried");
+    calm.stop().await;
+    faulty.stop().await;
+}
