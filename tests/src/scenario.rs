@@ -371,7 +371,10 @@ impl Tester {
 
     /// Registers a death (ZAGS and GBD FL).
     pub async fn death(&self, iin: Iin, date: Date) {
-        let r = self.scenario("zags").inject_death(InjectDeathRequest { iin: iin.to_string(), date: Some(pb_date(date)) }).await;
+        let r = self
+            .scenario("zags")
+            .inject_death(InjectDeathRequest { iin: iin.to_string(), date: Some(pb_date(date)) })
+            .await;
         assert!(must("InjectDeath", r).applied);
     }
 
@@ -379,7 +382,11 @@ impl Tester {
     pub async fn imprison(&self, iin: Iin, from: Date) {
         let r = self
             .scenario("gbd-fl")
-            .inject_imprisonment(InjectImprisonmentRequest { iin: iin.to_string(), from: Some(pb_date(from)), to: None })
+            .inject_imprisonment(InjectImprisonmentRequest {
+                iin: iin.to_string(),
+                from: Some(pb_date(from)),
+                to: None,
+            })
             .await;
         assert!(must("InjectImprisonment", r).applied);
     }
@@ -515,7 +522,8 @@ impl Tester {
 
     /// Every SMS in PEP's outbox, oldest first.
     pub async fn outbox(&self) -> Vec<OutboxSms> {
-        let s = must("ListOutbox", PortalClient::new(self.channel("pep")).list_outbox(ListOutboxRequest::default()).await);
+        let s =
+            must("ListOutbox", PortalClient::new(self.channel("pep")).list_outbox(ListOutboxRequest::default()).await);
         s.map(|r| r.unwrap_or_else(|e| panic!("ListOutbox broke: {e}"))).collect().await
     }
 
@@ -534,8 +542,11 @@ impl Tester {
     /// The notifications of a holder's personal cabinet in e-license, newest first.
     pub async fn cabinet(&self, h: Holder) -> Vec<CabinetNotification> {
         let req = elicense::ListCabinetNotificationsRequest { holder: Some(h.to_pb()) };
-        must("ListCabinetNotifications", PermitRegistryClient::new(self.channel("e-license")).list_cabinet_notifications(req).await)
-            .notifications
+        must(
+            "ListCabinetNotifications",
+            PermitRegistryClient::new(self.channel("e-license")).list_cabinet_notifications(req).await,
+        )
+        .notifications
     }
 
     // ---- the SDU -----------------------------------------------------------------------------
@@ -605,7 +616,9 @@ impl Tester {
                     break;
                 }
                 let open = self.cases(id).await.into_iter().filter(|c| c.outcome() == Outcome::Open);
-                if let Some(c) = open.into_iter().find(|c| c.answer_deadline.is_none_or(|d| d.seconds <= now.as_second())) {
+                if let Some(c) =
+                    open.into_iter().find(|c| c.answer_deadline.is_none_or(|d| d.seconds <= now.as_second()))
+                {
                     busy = Some(format!("case {} has a call or a deadline due", c.case_id));
                     break;
                 }

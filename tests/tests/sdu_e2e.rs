@@ -130,8 +130,14 @@ async fn every_outcome_of_order_000_through_the_bus() {
     }
     // A rename without permits of the pilot: a diff, no case.
     let bare = pick.org_without(&SEZ);
-    t.rename(bare, shep_proto::shep::LocalizedText { ru: "ТОО «Без разрешений»".into(), kk: "«Рұқсатсыз» ЖШС".into() }, day)
-        .await;
+    t.rename(
+        bare,
+        shep_proto::shep::LocalizedText {
+            ru: "ТОО «Без разрешений»".into(), kk: "«Рұқсатсыз» ЖШС".into()
+        },
+        day,
+    )
+    .await;
 
     let run = t.start_run("sez-000", day).await;
     t.settle(&[&run]).await;
@@ -144,7 +150,9 @@ async fn every_outcome_of_order_000_through_the_bus() {
 
     // The answers come an hour after the SMS.
     t.set_clock(almaty("2026-03-05T12:00")).await;
-    let reissued = t.wait_case(&t.case_of(&run, several.holder).await.case_id, "re-issued", |c| c.outcome() != Outcome::Open).await;
+    let reissued = t
+        .wait_case(&t.case_of(&run, several.holder).await.case_id, "re-issued", |c| c.outcome() != Outcome::Open)
+        .await;
     assert_eq!(reissued.outcome(), Outcome::Reissued, "{reissued:?}");
     let cm = t
         .wait_case(&t.case_of(&run, changed_mind.holder).await.case_id, "answered", |c| {
@@ -231,7 +239,10 @@ async fn every_outcome_of_order_000_through_the_bus() {
     // The funnel.
     let r = t.report("sez-000", day).await;
     let k = r.counts.expect("counts");
-    assert_eq!((k.diffs, k.with_permits, k.recipients), (subjects.len() as u64 + 1, subjects.len() as u64, subjects.len() as u64));
+    assert_eq!(
+        (k.diffs, k.with_permits, k.recipients),
+        (subjects.len() as u64 + 1, subjects.len() as u64, subjects.len() as u64)
+    );
     assert_eq!(
         (k.excluded_dead_or_missing, k.excluded_abroad, k.excluded_incapable, k.excluded_imprisoned),
         (1, 1, 1, 1)
