@@ -109,7 +109,8 @@ impl Behaviour {
         }
     }
 
-    /// One behaviour for every outcome a healthy run can reach.
+    /// One behaviour for every outcome a healthy run can reach, and an answer that is
+    /// neither "1" nor "2".
     pub const EVERY_OUTCOME: [Behaviour; 10] = [
         Behaviour::Answers("1"),
         Behaviour::Answers("2"),
@@ -642,7 +643,7 @@ impl Tester {
         }
     }
 
-    /// Polls until every case of the runs is closed; returns the cases.
+    /// Polls until every case of the run is closed; returns the cases.
     pub async fn wait_closed(&self, run_id: &str) -> Vec<pb::Case> {
         let started = Instant::now();
         loop {
