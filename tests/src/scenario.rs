@@ -20,7 +20,7 @@ use shep_domain::{Bin, Iin};
 use shep_proto::elicense::permit_registry_client::PermitRegistryClient;
 use shep_proto::elicense::{self, CabinetNotification, Permit, PermitStatus, holder};
 use shep_proto::pep::portal_client::PortalClient;
-use shep_proto::pep::{ListOutboxRequest, OutboxSms};
+use shep_proto::pep::{ListOutboxRequest, OutboxSms, StreamAnswersRequest};
 use shep_proto::sdu::proactive_service_client::ProactiveServiceClient;
 use shep_proto::sdu::{self as pb, Outcome, RunState};
 use shep_proto::shep::{self as common, FullName, LocalizedText};
@@ -604,30 +604,51 @@ impl Tester {
     }
 
     /// Waits until the runs have nothing to do before the clock moves again: each has read
-    /// its diff, and every open case waits for an answer whose deadline is still ahead.
+    /// its diff, every answer PEP holds for their cases is in the case's history, and every
+    /// open case waits for an answer whose deadline is still ahead.
     pub async fn settle(&self, run_ids: &[&str]) {
         let started = Instant::now();
         loop {
-            let now = self.now().await;
-            let mut busy = None;
-            for id in run_ids {
-                let run = self.run(id).await;
-                if run.state() == RunState::Running || run.state() == RunState::Unspecified {
-                    busy = Some(format!("run {id} is {:?}", run.state()));
-                    break;
-                }
-                let open = self.cases(id).await.into_iter().filter(|c| c.outcome() == Outcome::Open);
-                if let Some(c) =
-                    open.into_iter().find(|c| c.answer_deadline.is_none_or(|d| d.seconds <= now.as_second()))
-                {
-                    busy = Some(format!("case {} has a call or a deadline due", c.case_id));
-                    break;
-                }
-            }
-            let Some(why) = busy else { return };
+            let Some(why) = self.busy(run_ids).await else { return };
             assert!(started.elapsed() < PATIENCE, "not settled after {PATIENCE:?}: {why}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// What the runs still have to do now, if anything.
+    async fn busy(&self, run_ids: &[&str]) -> Option<String> {
+        let now = self.now().await;
+        let mut cases = vec![];
+        for id in run_ids {
+            let run = self.run(id).await;
+            if run.state() == RunState::Running || run.state() == RunState::Unspecified {
+                return Some(format!("run {id} is {:?}", run.state()));
+            }
+            cases.extend(self.cases(id).await);
+        }
+        let due = |c: &pb::Case| c.answer_deadline.is_none_or(|d| d.seconds <= now.as_second());
+        if let Some(c) = cases.iter().find(|c| c.outcome() == Outcome::Open && due(c)) {
+            return Some(format!("case {} has a call or a deadline due", c.case_id));
+        }
+        // Answers PEP holds (reading them delivers those due) that SDU has not taken yet.
+        let ids: HashSet<&str> = cases.iter().map(|c| c.case_id.as_str()).collect();
+        let req = StreamAnswersRequest { cursor: String::new(), follow: false };
+        let read = async {
+            let s = PortalClient::new(self.channel("pep")).stream_answers(req).await?.into_inner();
+            s.collect::<Vec<_>>().await.into_iter().collect::<Result<Vec<_>, _>>()
+        };
+        let answers = match read.await {
+            Ok(a) => a,
+            // PEP may be faulted on purpose: read again at the next poll.
+            Err(e) => return Some(format!("cannot read PEP's answers: {e}")),
+        };
+        let held = answers.iter().filter(|a| ids.contains(a.case_id.as_str())).count();
+        let mut taken = 0;
+        for c in cases.iter().filter(|c| c.sms_attempts > 0) {
+            let steps = self.case(&c.case_id).await.steps;
+            taken += steps.iter().filter(|s| s.kind() == pb::CaseStepKind::AnswerReceived).count();
+        }
+        (held != taken).then(|| format!("{held} answers at PEP, {taken} taken"))
     }
 
     /// Polls a case until `done` holds for it; returns it with its history.
@@ -690,7 +711,15 @@ pub async fn assert_nothing_duplicated(t: &Tester, cases: &[pb::Case], outbox: &
         for old in &c.permit_numbers {
             let replacing: Vec<&Permit> = permits.iter().filter(|p| &p.replaces == old).collect();
             let want = usize::from(c.outcome() == Outcome::Reissued);
-            assert_eq!(replacing.len(), want, "new permits replacing {old} ({}, {:?})", c.case_id, c.outcome());
+            if replacing.len() != want {
+                let steps = t.case(&c.case_id).await.steps;
+                panic!(
+                    "{} new permits replace {old}, not {want} ({}, {:?}): {steps:#?}",
+                    replacing.len(),
+                    c.case_id,
+                    c.outcome()
+                );
+            }
         }
     }
 }

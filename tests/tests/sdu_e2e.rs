@@ -74,9 +74,32 @@ async fn start(today: Date, tweak: impl FnOnce(&mut TopologyConfig, &std::path::
     cfg.sdu.timer_poll_ms = 20;
     cfg.sdu.call_timeout_ms = 20_000;
     tweak(&mut cfg, dir.path());
-    let topo = Topology::start(cfg, Shutdown::new()).await.expect("the topology starts");
+    let topo = start_topology(cfg).await;
     let t = Tester::connect(topo.pki.dir(), topo.nodes.iter().map(|n| (n.system.clone(), n.addr)));
     Env { topo, t, _dir: dir }
+}
+
+/// Starts a topology. Free ports are chosen before the nodes bind them, so topologies
+/// starting side by side (the tests run in parallel) could pick the same one: starts are
+/// taken one at a time, and a start that still loses a port to another process is tried
+/// again on new ports.
+async fn start_topology(mut cfg: TopologyConfig) -> Topology {
+    static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = STARTING.lock().await;
+    let mut tries = 0;
+    loop {
+        let shutdown = Shutdown::new();
+        match Topology::start(cfg.clone(), shutdown.clone()).await {
+            Ok(t) => return t,
+            Err(e) if tries < 3 && format!("{e:#}").contains("Address already in use") => {
+                shutdown.trigger();
+                tries += 1;
+                // A fresh state directory: the nodes of the failed start may still hold theirs.
+                cfg.data_dir.set_file_name(format!("data-{tries}"));
+            }
+            Err(e) => panic!("the topology does not start: {e:#}"),
+        }
+    }
 }
 
 impl Env {
