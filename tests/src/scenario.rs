@@ -550,6 +550,15 @@ impl Tester {
         .notifications
     }
 
+    /// Every call the bus recorded about a person's data ("who looked at my data"), decided
+    /// calls included while they are still under way.
+    pub async fn subject_accesses(&self, iin: Iin) -> Vec<shep_proto::shep::AuditRecord> {
+        let req = shep_proto::shep::SubjectAccessesRequest { iin: iin.to_string() };
+        let mut admin = shep_proto::shep::bus_admin_client::BusAdminClient::new(self.channel("bus"));
+        let s = must("SubjectAccesses", admin.subject_accesses(req).await);
+        s.map(|r| r.unwrap_or_else(|e| panic!("SubjectAccesses broke: {e}"))).collect().await
+    }
+
     // ---- the SDU -----------------------------------------------------------------------------
 
     /// `RunDaily`; the status is the caller's to check.

@@ -567,3 +567,39 @@ async fn faults_on_every_registry_change_no_outcome_and_duplicate_nothing() {
     calm.stop().await;
     faulty.stop().await;
 }
+
+/// A KDP token that expires while a case uses it (e-license slow, the clock moved past the
+/// token's hour) is asked for again, not taken for a refusal of consent: both permits of the
+/// individual are re-issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_during_a_case_is_asked_for_again() {
+    let env = start(date(2026, 3, 5), |_, _| {}).await;
+    let t = &env.t;
+    let day = date(2026, 3, 4);
+    let person = Picker::new(&env.topo.sim).person(&SEZ, 2);
+    t.prepare(&person, Behaviour::Answers("1"), 1, day).await;
+    // Every re-issue takes 4 seconds; the first is under way when the clock jumps.
+    let slow = FaultSpec { latency_ms: 4_000, ..Default::default() };
+    t.fault("e-license", "/kz.gov.elicense.v1.PermitRegistry/ReissuePermit", slow).await;
+    let run = t.start_run("sez-000", day).await;
+    t.settle(&[&run]).await;
+    let id = t.case_of(&run, person.holder).await.case_id;
+    t.set_clock(almaty("2026-03-05T10:30")).await;
+    // The bus passed the first re-issue (its token, issued at 10:30, is good for an hour);
+    // e-license is still at it when the clock jumps past the hour.
+    let started = std::time::Instant::now();
+    let reissue = "/kz.gov.elicense.v1.PermitRegistry/ReissuePermit";
+    while !t.subject_accesses(person.recipient).await.iter().any(|r| r.method == reissue) {
+        assert!(started.elapsed() < shep_tests::scenario::PATIENCE, "no re-issue reached the bus");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    t.set_clock(almaty("2026-03-05T13:00")).await;
+    let c = t.wait_case(&id, "closed", |c| c.outcome() != Outcome::Open).await;
+    assert_eq!(c.outcome(), Outcome::Reissued, "{c:?}");
+    let retried = kind_steps(&c, CaseStepKind::CallFailed);
+    assert!(retried.iter().any(|s| s.detail.contains("CONSENT_EXPIRED")), "the expired token was refused: {c:?}");
+    assert_eq!(c.new_permit_numbers.len(), person.permits.len());
+    t.fault("e-license", "/kz.gov.elicense.v1.PermitRegistry/ReissuePermit", FaultSpec::default()).await;
+    assert_nothing_duplicated(t, &t.cases(&run).await, &t.outbox().await).await;
+    env.stop().await;
+}
