@@ -34,7 +34,7 @@ pub fn person(c: &Country, st: &State, p: u32, today: Day) -> gbdfl::Person {
         Some((MissingKind::DeclaredDead, k)) => (MissingStatus::DeclaredDead, Some(court(c, p, &k))),
         None => (MissingStatus::None, None),
     };
-    let (legal_capacity, capacity_decision) = match extra.capacity {
+    let (legal_capacity, capacity_decision) = match ov.capacity.or(extra.capacity) {
         Some((CapacityKind::Incapable, k)) => (LegalCapacity::Incapable, Some(court(c, p, &k))),
         Some((CapacityKind::Limited, k)) => (LegalCapacity::Limited, Some(court(c, p, &k))),
         None => (LegalCapacity::Capable, None),

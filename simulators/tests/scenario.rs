@@ -276,3 +276,49 @@ async fn the_manual_clock_starts_at_nine_in_almaty_and_only_moves_forward() {
         .into_inner();
     assert_eq!(r.now.unwrap().seconds, to);
 }
+
+#[tokio::test]
+async fn capacity_and_phone_are_set_where_they_belong() {
+    let h = Harness::start().await;
+    let c = h.sim.country();
+    let p = (0..c.persons().len() as u32)
+        .find(|&i| c.extra(i).is_none() && c.phone_of(i).is_some())
+        .map(|i| c.persons()[i as usize])
+        .unwrap();
+    let iin = p.iin.to_string();
+
+    // A court decision concerns GBD FL only.
+    let req = InjectIncapacityRequest {
+        iin: iin.clone(),
+        capacity: shep_proto::gbdfl::LegalCapacity::Incapable as i32,
+        effective: None,
+    };
+    assert!(!scenario(&h, Registry::Bmg).inject_incapacity(req.clone()).await.unwrap().into_inner().applied);
+    assert!(scenario(&h, Registry::GbdFl).inject_incapacity(req).await.unwrap().into_inner().applied);
+    let mut fl = PersonRegistryClient::new(h.channel(Registry::GbdFl, "sdu"));
+    let person = fl.get_person(GetPersonRequest { iin: iin.clone() }).await.unwrap().into_inner();
+    assert_eq!(person.legal_capacity(), shep_proto::gbdfl::LegalCapacity::Incapable);
+    assert_eq!(person.capacity_decision.unwrap().effective_date, Some(today(&h)));
+    let bad = InjectIncapacityRequest { iin: iin.clone(), capacity: 1, effective: None };
+    let e = scenario(&h, Registry::GbdFl).inject_incapacity(bad).await.unwrap_err();
+    assert_eq!(violations(&e), vec!["capacity".to_string()]);
+
+    // A number concerns BMG only: removed, then registered anew.
+    let bmg = MobileRegistryClient::new(h.channel(Registry::Bmg, "pep"));
+    let number = || {
+        let mut bmg = bmg.clone();
+        let iin = iin.clone();
+        async move { bmg.get_mobile_number(GetMobileNumberRequest { iin }).await.unwrap().into_inner() }
+    };
+    assert!(number().await.registered);
+    let remove = SetPhoneRequest { iin: iin.clone(), phone: String::new() };
+    assert!(!scenario(&h, Registry::Pep).set_phone(remove.clone()).await.unwrap().into_inner().applied);
+    assert!(scenario(&h, Registry::Bmg).set_phone(remove).await.unwrap().into_inner().applied);
+    assert!(!number().await.registered);
+    let set = SetPhoneRequest { iin: iin.clone(), phone: "+77010000001".into() };
+    assert!(scenario(&h, Registry::Bmg).set_phone(set).await.unwrap().into_inner().applied);
+    assert_eq!(number().await.phone, "+77010000001");
+    let bad = SetPhoneRequest { iin: iin.clone(), phone: "8 701 000 00 01".into() };
+    let e = scenario(&h, Registry::Bmg).set_phone(bad).await.unwrap_err();
+    assert_eq!(violations(&e), vec!["phone".to_string()]);
+}

@@ -2,6 +2,7 @@
 //! `127.0.0.1:0`, mTLS clients, and the real grpcurl binary.
 
 pub mod echo;
+pub mod scenario;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -44,8 +44,7 @@ impl CallError {
             .get_details_error_info()
             .map(|i| i.reason)
             .unwrap_or_default();
-        let consent_refused = reason.starts_with("CONSENT_").then(|| reason.clone());
-        let retryable = matches!(
+        let transient = matches!(
             s.code(),
             Unavailable
                 | DeadlineExceeded
@@ -54,7 +53,15 @@ impl CallError {
                 | Unknown
                 | Internal
                 | Cancelled
-        ) && consent_refused.is_none();
+        );
+        // A token that expired is no refusal of consent: a fresh one is asked for on the
+        // next try. Neither is a bus that cannot check tokens for now (UNAVAILABLE,
+        // CONSENT_KEY_UNAVAILABLE or CONSENT_REVOCATIONS_STALE): it fails closed, and the
+        // call is tried again.
+        let expired = reason == "CONSENT_EXPIRED";
+        let consent_refused =
+            (reason.starts_with("CONSENT_") && !transient && !expired).then(|| reason.clone());
+        let retryable = transient || expired;
         let why = if reason.is_empty() {
             String::new()
         } else {
@@ -604,5 +611,21 @@ mod tests {
         assert_eq!(e.consent_refused.as_deref(), Some("CONSENT_REVOKED"));
         assert!(!e.retryable);
         assert!(e.message.contains("CONSENT_REVOKED"));
+        let expired = shep_runtime::status::error(
+            tonic::Code::PermissionDenied,
+            "expired",
+            "CONSENT_EXPIRED",
+            [],
+        );
+        let e = CallError::from_status("m", &expired);
+        assert!(e.retryable && e.consent_refused.is_none(), "{e:?}");
+        let stale = shep_runtime::status::error(
+            tonic::Code::Unavailable,
+            "stale",
+            "CONSENT_REVOCATIONS_STALE",
+            [],
+        );
+        let e = CallError::from_status("m", &stale);
+        assert!(e.retryable && e.consent_refused.is_none(), "{e:?}");
     }
 }

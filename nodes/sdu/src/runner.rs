@@ -791,6 +791,10 @@ impl Runner {
                 }
             }
             event = self.perform(&v.value, call, &mut tokens).await;
+            if matches!(event, Event::CallFailed { .. }) {
+                // The try after a failure asks for fresh tokens: one may have expired.
+                tokens.0.clear();
+            }
             known = Some(v);
         }
     }

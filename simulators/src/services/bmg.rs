@@ -23,7 +23,7 @@ impl MobileRegistry for Bmg {
     ) -> Result<Response<GetMobileNumberResponse>, Status> {
         let iin = parse_iin("iin", &req.get_ref().iin)?;
         let c = self.sim.country();
-        let phone = c.person_index(&iin).and_then(|p| c.phone_of(p));
+        let phone = c.person_index(&iin).and_then(|p| self.sim.state().people.phone(c, p));
         Ok(Response::new(match phone {
             Some(ph) => GetMobileNumberResponse {
                 registered: true,

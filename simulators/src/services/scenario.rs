@@ -11,13 +11,14 @@ use std::sync::Arc;
 use shep_proto::shep::FullName;
 use shep_proto::sim::scenario_server::Scenario;
 use shep_proto::sim::*;
+use shep_proto::gbdfl::LegalCapacity;
 use shep_proto::zags::ActKind;
 use shep_runtime::status::{error, invalid_field, not_found, parse_bin, parse_iin};
 use tonic::{Code, Request, Response, Status};
 
 use super::common::{Feed, date, date_or, required};
 use crate::clock::ClockError;
-use crate::country::Prison;
+use crate::country::{CapacityKind, Court, Phone, Prison};
 use crate::faults::{ALL_METHODS, Fault};
 use crate::registry::Registry;
 use crate::sim::Simulation;
@@ -198,6 +199,52 @@ impl Scenario for ScenarioService {
         let p = self.person(&iin)?;
         self.sim.state().people.move_abroad(p, cc.clone(), since);
         Ok(Response::new(InjectMoveAbroadResponse { applied: true }))
+    }
+
+    async fn inject_incapacity(
+        &self,
+        req: Request<InjectIncapacityRequest>,
+    ) -> Result<Response<InjectIncapacityResponse>, Status> {
+        let r = req.into_inner();
+        let iin = parse_iin("iin", &r.iin)?;
+        let kind = match LegalCapacity::try_from(r.capacity) {
+            Ok(LegalCapacity::Unspecified | LegalCapacity::Incapable) => CapacityKind::Incapable,
+            Ok(LegalCapacity::Limited) => CapacityKind::Limited,
+            _ => {
+                return Err(invalid_field(
+                    "capacity",
+                    "must be LEGAL_CAPACITY_INCAPABLE or LEGAL_CAPACITY_LIMITED",
+                    "INVALID_CAPACITY",
+                ));
+            }
+        };
+        let effective = date_or("effective", r.effective.as_ref(), self.sim.current_day())?;
+        if !self.concerns(&[Registry::GbdFl]) {
+            return Ok(Response::new(InjectIncapacityResponse { applied: false }));
+        }
+        let p = self.person(&iin)?;
+        // The decision is dated the day it takes effect; its number is derived from the person.
+        let court = Court { decision: effective, effective, number: 1 + p % 9999 };
+        self.sim.state().people.set_capacity(p, kind, court);
+        Ok(Response::new(InjectIncapacityResponse { applied: true }))
+    }
+
+    async fn set_phone(&self, req: Request<SetPhoneRequest>) -> Result<Response<SetPhoneResponse>, Status> {
+        let r = req.into_inner();
+        let iin = parse_iin("iin", &r.iin)?;
+        let phone = r.phone.trim();
+        let valid = phone.len() == 12 && phone.starts_with("+7") && phone[2..].bytes().all(|b| b.is_ascii_digit());
+        if !phone.is_empty() && !valid {
+            return Err(invalid_field("phone", "\"+7\" and ten digits (\"+77011234567\"), or empty", "INVALID_PHONE"));
+        }
+        if !self.concerns(&[Registry::Bmg]) {
+            return Ok(Response::new(SetPhoneResponse { applied: false }));
+        }
+        let p = self.person(&iin)?;
+        let now = self.sim.now();
+        let phone = (!phone.is_empty()).then(|| Phone { number: phone.to_owned(), registered_at: now });
+        self.sim.state().people.set_phone(p, phone);
+        Ok(Response::new(SetPhoneResponse { applied: true }))
     }
 
     async fn set_consent(&self, req: Request<SetConsentRequest>) -> Result<Response<SetConsentResponse>, Status> {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use shep_proto::shep::FullName;
 use shep_proto::zags::ActKind;
 
-use crate::country::{Country, Prison};
+use crate::country::{CapacityKind, Country, Court, Phone, Prison};
 use crate::time::Day;
 
 /// The changes of one person.
@@ -17,6 +17,10 @@ pub struct PersonOverride {
     pub prison: Option<Prison>,
     /// ISO country code and the date since.
     pub abroad: Option<(String, Day)>,
+    /// A court decision on legal capacity.
+    pub capacity: Option<(CapacityKind, Court)>,
+    /// The number registered in BMG, when set by a scenario: `Some(None)` for none.
+    pub phone: Option<Option<Phone>>,
 }
 
 /// An act recorded by a scenario.
@@ -133,6 +137,24 @@ impl PeopleState {
     /// Records a move abroad.
     pub fn move_abroad(&mut self, p: u32, country: String, since: Day) {
         self.overrides.entry(p).or_default().abroad = Some((country, since));
+    }
+
+    /// Records a court decision on legal capacity.
+    pub fn set_capacity(&mut self, p: u32, kind: CapacityKind, court: Court) {
+        self.overrides.entry(p).or_default().capacity = Some((kind, court));
+    }
+
+    /// Registers a number in BMG (`None` removes the person's number).
+    pub fn set_phone(&mut self, p: u32, phone: Option<Phone>) {
+        self.overrides.entry(p).or_default().phone = Some(phone);
+    }
+
+    /// The number a person has in BMG: set by a scenario, else generated.
+    pub fn phone(&self, country: &Country, p: u32) -> Option<Phone> {
+        match self.overrides.get(&p).and_then(|o| o.phone.clone()) {
+            Some(set) => set,
+            None => country.phone_of(p),
+        }
     }
 
     /// The persons with changes, in index order (for exports).
