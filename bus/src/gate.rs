@@ -41,8 +41,8 @@ pub struct Core {
     pub consent: ConsentState,
     pub audit: AuditLog,
     pub metrics: Metrics,
-    /// One mutual-TLS channel per upstream system.
-    pub upstreams: HashMap<String, Channel>,
+    /// One mutual-TLS channel per upstream system (rebuilt on certificate rotation).
+    pub upstreams: crate::upstreams::Upstreams,
     /// The clock consent tokens are judged by (expiry): the system's, or a simulation's,
     /// so that tokens issued on a manual clock are judged on the same clock.
     pub token_clock: TokenClock,
@@ -455,7 +455,7 @@ impl Core {
 
     /// The mutual-TLS channel to an upstream system.
     pub fn channel(&self, system: &str) -> Option<Channel> {
-        self.upstreams.get(system).cloned()
+        self.upstreams.get(system)
     }
 
     /// The deadline of a call: the caller's `grpc-timeout`, else for a unary call the

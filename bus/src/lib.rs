@@ -18,7 +18,8 @@
 //!   [`audit::subject_accesses`];
 //! - [`gate`]: the stages shared by every path in and the audit of a call; [`forward`]: the
 //!   forwarder; [`envelope`]: `SyncChannel/SendMessage`; [`admin`]:
-//!   `BusAdmin`; [`health`]: upstream health; [`metrics`]: Prometheus; [`wire`]: framing,
+//!   `BusAdmin`; [`health`]: upstream health; [`upstreams`]: the channels to upstreams,
+//!   rebuilt when the bus's certificate is rotated; [`metrics`]: Prometheus; [`wire`]: framing,
 //!   `grpc-timeout`, `traceparent`.
 //!
 //! Refusals are gRPC statuses with an ErrorInfo (domain `shep.kz`): `SCE004` unknown
@@ -47,9 +48,9 @@ pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod routing;
+pub mod upstreams;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,24 +153,22 @@ pub async fn start_with_token_clock(
     let policies = policy::PolicyBook::new(pool, &routes.services()).map_err(BusError::Config)?;
     let audit = audit::AuditLog::open(&settings.audit)?;
 
-    let mut upstreams = HashMap::new();
-    for (id, s) in &settings.systems {
-        if let Some(ep) = &s.endpoint {
-            let ch = forward::connect(&node.tls, ep, &settings.upstream)
-                .map_err(|e| BusError::Config(format!("bus.systems.{id}: {e}")))?;
-            upstreams.insert(id.clone(), ch);
-        }
-    }
-    let consent = consent::ConsentState::new(Duration::from_millis(
-        settings.consent.revocations_stale_after_ms,
-    ));
+    let upstreams =
+        upstreams::Upstreams::connect(&node.tls, &settings).map_err(BusError::Config)?;
+    let consent = consent::ConsentState::new(
+        Duration::from_millis(settings.consent.revocations_stale_after_ms),
+        settings.consent.max_token_lifetime_secs,
+        token_clock.clone(),
+    );
     let mut tasks = consent::spawn_kdp_tasks(
-        upstreams[&settings.consent.kdp_system].clone(),
+        upstreams.clone(),
+        settings.consent.kdp_system.clone(),
         consent.clone(),
         Duration::from_millis(settings.consent.key_refresh_ms),
         Duration::from_millis(settings.consent.retry_max_ms),
         shutdown.clone(),
     );
+    tasks.push(upstreams.spawn_watcher(shutdown.clone()));
     let max = settings.limits.max_message_bytes;
     let metrics_listen = settings.metrics_listen;
     let health_interval = Duration::from_millis(settings.upstream.health_interval_ms);

@@ -652,6 +652,105 @@ async fn cancelling_a_call_cancels_it_upstream() {
 }
 
 #[tokio::test]
+async fn an_upstream_dying_mid_stream_ends_the_stream_unavailable_and_recorded() {
+    // GBD UL is reached through a relay; killing it is GBD UL's process dying.
+    let mut relay = None;
+    let w = World::start(|s| {
+        let ul = s.systems.get_mut("gbd-ul").unwrap();
+        let target = Relay::port_of(ul.endpoint.as_deref().unwrap());
+        let r = Relay::start(std::net::SocketAddr::from(([127, 0, 0, 1], target)));
+        ul.endpoint = Some(format!("https://127.0.0.1:{}", r.port));
+        relay = Some(r);
+    })
+    .await;
+    let relay = relay.unwrap();
+    let mut c = OrganizationRegistryClient::new(w.client("sdu"));
+    let mut s = c
+        .stream_name_changes(gbdul::StreamNameChangesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = vec![];
+    for _ in 0..3 {
+        got.push(s.message().await.unwrap().unwrap().cursor);
+    }
+    relay.kill();
+    // The messages sent before the crash arrive, then the status: no hang (the bound only
+    // turns a hang into a failure).
+    let end = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match s.message().await {
+                Ok(Some(m)) => got.push(m.cursor),
+                Ok(None) => panic!("the stream ended as if the upstream had finished"),
+                Err(st) => break st,
+            }
+        }
+    })
+    .await
+    .expect("the caller got a status after the upstream died");
+    let expected: Vec<String> = (1..=got.len()).map(|i| i.to_string()).collect();
+    assert_eq!(got, expected, "every message before the crash, in order");
+    assert_eq!(
+        (end.code(), reason(&end).as_str()),
+        (Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
+        "{end:?}"
+    );
+    assert_eq!(info_meta(&end)["upstream"], "gbd-ul");
+    assert!(end.message().contains("gbd-ul"), "{}", end.message());
+    // The completion was committed before the status left the bus.
+    let recs = shep_bus::audit::query(&w.audit_path(), 0, Some("sdu"), 0).unwrap();
+    let done = recs
+        .iter()
+        .find(|r| {
+            r.method.ends_with("/StreamNameChanges")
+                && r.phase == shep_bus::audit::Phase::Completion
+        })
+        .expect("a completion record");
+    assert_eq!(
+        (done.grpc_status, done.reason.as_str()),
+        (Code::Unavailable as i32, "UPSTREAM_UNAVAILABLE")
+    );
+    assert!(done.response_bytes > 0, "{done:?}");
+    assert!(shep_bus::audit::verify(&w.audit_path()).unwrap().intact);
+    w.shutdown.trigger();
+}
+
+#[tokio::test]
+async fn a_rotated_bus_certificate_is_presented_to_upstreams_without_a_restart() {
+    let w = World::start(|_| {}).await;
+    w.consent_ready().await;
+    let subject = iin(7);
+    let (_, tok) = w.token(&subject, "sdu", READ, 300);
+    get_person(&w, "sdu", &subject, &[&tok]).await.unwrap();
+    let before = w.gbdfl_seen.last_serial();
+    w.pki
+        .issue("bus", shep_pki::Validity::days(1), true)
+        .unwrap();
+    // The bus's watcher checks every 100 ms; poll (bounded) until the upstream sees the
+    // new certificate.
+    let mut after = before.clone();
+    for _ in 0..600 {
+        get_person(&w, "sdu", &subject, &[&tok]).await.unwrap();
+        after = w.gbdfl_seen.last_serial();
+        if after != before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(after, before, "the upstream still sees the old certificate");
+    // Once rotated, every new call comes with the new certificate.
+    for _ in 0..3 {
+        get_person(&w, "sdu", &subject, &[&tok]).await.unwrap();
+        assert_eq!(w.gbdfl_seen.last_serial(), after);
+    }
+    assert_eq!(
+        w.gbdfl_seen.last().get(shep_bus::CALLER_HEADER).unwrap(),
+        "sdu"
+    );
+    w.shutdown.trigger();
+}
+
+#[tokio::test]
 async fn an_unreachable_upstream_is_unavailable_and_named() {
     let w = World::start(|_| {}).await;
     let mut c = pep::portal_client::PortalClient::new(w.client("operator"));
