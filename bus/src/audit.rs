@@ -8,9 +8,12 @@
 //! `synchronous = full` (the default) a committed record survives a power cut. When a
 //! commit fails, every call of the batch gets the error and the chain head does not move.
 //!
-//! **Two records per forwarded call.** A `decision` record (allowed, status -1 = pending)
-//! is committed before the call is forwarded; a `completion` record (final status,
-//! duration, sizes; `call_seq` = the decision's `seq`) is committed before the final
+//! **Records of a call.** A unary call forwarded by the bus has one `call` record
+//! (allowed, final status, duration, sizes), committed once the upstream has answered and
+//! before any byte of the answer reaches the caller (the bus holds the answer until then).
+//! A streaming call, whose answer cannot be held, has two: a `decision` record (allowed,
+//! status -1 = pending) committed before it is forwarded, and a `completion` record (final
+//! status, duration, sizes; `call_seq` = the decision's `seq`) committed before its final
 //! status reaches the caller. A refused call has one `decision` record carrying its status.
 //!
 //! **Append-only.** Triggers refuse UPDATE and DELETE; the chain makes any edit made
@@ -77,6 +80,9 @@ pub enum Phase {
     Decision,
     /// Written when the call ends, before its status reaches the caller.
     Completion,
+    /// The single record of a forwarded unary call: the decision and the outcome, written
+    /// before any of the answer reaches the caller.
+    Call,
 }
 
 impl Phase {
@@ -84,13 +90,14 @@ impl Phase {
         match self {
             Phase::Decision => "decision",
             Phase::Completion => "completion",
+            Phase::Call => "call",
         }
     }
     fn parse(s: &str) -> Phase {
-        if s == "completion" {
-            Phase::Completion
-        } else {
-            Phase::Decision
+        match s {
+            "completion" => Phase::Completion,
+            "call" => Phase::Call,
+            _ => Phase::Decision,
         }
     }
 }
@@ -100,6 +107,8 @@ impl Phase {
 pub struct Entry {
     /// For a completion record: the `seq` of the call's decision record.
     pub call_seq: Option<u64>,
+    /// The single record of a forwarded unary call ([`Phase::Call`]).
+    pub whole: bool,
     /// From metadata `x-message-id` (or the envelope), else a generated UUIDv7.
     pub message_id: String,
     /// From metadata `x-correlation-id` (or the envelope); may be empty.
@@ -205,6 +214,8 @@ impl AuditRecord {
             seq,
             phase: if e.call_seq.is_some() {
                 Phase::Completion
+            } else if e.whole {
+                Phase::Call
             } else {
                 Phase::Decision
             },

@@ -196,6 +196,7 @@ impl Call {
     fn entry(&self, allowed: bool, reason: &str, grpc_status: i32) -> Entry {
         Entry {
             call_seq: None,
+            whole: false,
             message_id: self.message_id.clone(),
             correlation_id: self.correlation_id.clone(),
             caller: self.caller.clone(),
@@ -265,12 +266,14 @@ impl Core {
         }
     }
 
-    /// Records the end of an admitted call (and waits for its commit).
+    /// Records the end of a forwarded call (and waits for its commit): its completion
+    /// record after the decision record `decision_seq`, or, without one (a unary call), its
+    /// single record.
     #[allow(clippy::too_many_arguments)]
     pub async fn complete(
         &self,
         call: &Call,
-        decision_seq: u64,
+        decision_seq: Option<u64>,
         code: i32,
         reason: &str,
         extra: &Seen,
@@ -278,7 +281,8 @@ impl Core {
         response_bytes: u64,
     ) -> Result<(), tonic::Status> {
         let mut e = call.entry(true, reason, code);
-        e.call_seq = Some(decision_seq);
+        e.call_seq = decision_seq;
+        e.whole = decision_seq.is_none();
         e.request_bytes = request_bytes;
         e.response_bytes = response_bytes;
         let (more_subjects, more_tokens) = extra.take();
@@ -497,6 +501,8 @@ pub struct CallGuard {
     core: Arc<Core>,
     call: Option<Call>,
     seq: Option<u64>,
+    /// Forwarded without a decision record: the call's single record is written at its end.
+    deferred: bool,
     _permit: Option<Permit>,
     pub request_bytes: Arc<AtomicU64>,
     pub seen: Seen,
@@ -508,6 +514,7 @@ impl CallGuard {
             core,
             call: Some(call),
             seq: None,
+            deferred: false,
             _permit: None,
             request_bytes: Arc::new(AtomicU64::new(0)),
             seen: Seen::default(),
@@ -535,9 +542,10 @@ impl CallGuard {
     pub async fn refuse(mut self, r: Refused) -> tonic::Status {
         let call = self.call.take().expect("call settled");
         match self.seq {
-            None => self.core.refuse(&call, r).await,
-            Some(seq) => {
-                // Refused after the decision (a later message of a stream): a completion.
+            None if !self.deferred => self.core.refuse(&call, r).await,
+            seq => {
+                // Refused after the decision (a later message of a stream, or the upstream
+                // failed): the end of an allowed call.
                 let code = r.status.code() as i32;
                 self.core.metrics.refusal(&r.reason, r.consent);
                 self.seen.add(r.subjects.clone(), vec![]);
@@ -559,6 +567,13 @@ impl CallGuard {
         self.call = None;
     }
 
+    /// Forwards without a decision record: the call's single record is written when it
+    /// ends ([`CallGuard::complete`]), before any of its answer is released. Only for a call
+    /// whose answer is held until then (unary).
+    pub fn defer(&mut self) {
+        self.deferred = true;
+    }
+
     /// Records the decision to forward.
     pub async fn admit(&mut self, reason: &str) -> Result<(), tonic::Status> {
         let seq = self.core.admit(self.call(), reason).await?;
@@ -575,7 +590,8 @@ impl CallGuard {
         response_bytes: u64,
     ) -> Result<(), tonic::Status> {
         let call = self.call.take().expect("call settled");
-        let seq = self.seq.expect("admitted");
+        let seq = self.seq;
+        debug_assert!(seq.is_some() || self.deferred, "admitted or deferred");
         let bytes = self.request_bytes.load(Ordering::Relaxed);
         self.core
             .complete(&call, seq, code, reason, &self.seen, bytes, response_bytes)
@@ -591,11 +607,12 @@ impl Drop for CallGuard {
         };
         let core = self.core.clone();
         let seq = self.seq;
+        let deferred = self.deferred;
         let bytes = self.request_bytes.load(Ordering::Relaxed);
         let seen = self.seen.clone();
         rt.spawn(async move {
             match seq {
-                None => {
+                None if !deferred => {
                     let r = Refused::new(
                         Code::Cancelled,
                         "the caller cancelled the call",
@@ -604,7 +621,7 @@ impl Drop for CallGuard {
                     );
                     let _ = core.refuse(&call, r).await;
                 }
-                Some(seq) => {
+                seq => {
                     let _ = core
                         .complete(
                             &call,

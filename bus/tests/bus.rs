@@ -95,9 +95,24 @@ async fn unary_call_is_forwarded_with_the_callers_identity_deadline_and_trace() 
         "{timeout:?}"
     );
 
-    // The audit has the decision and the completion of the call, chained.
+    // The audit has one record of the unary call (committed before its answer was
+    // released), chained.
     let rep = shep_bus::audit::verify(&w.audit_path()).unwrap();
     assert!(rep.intact, "{rep:?}");
+    let mine: Vec<_> = shep_bus::audit::query(&w.audit_path(), 0, Some("sdu"), 0)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.message_id == "msg-42")
+        .collect();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(
+        (mine[0].phase, mine[0].decision, mine[0].reason.as_str()),
+        (
+            shep_bus::audit::Phase::Call,
+            shep_bus::audit::Decision::Allowed,
+            "COMPLETED"
+        )
+    );
     let acc = shep_bus::audit::subject_accesses(&w.audit_path(), &subject).unwrap();
     assert_eq!(acc.len(), 1);
     let r = &acc[0];
@@ -1190,7 +1205,20 @@ async fn when_the_audit_cannot_be_written_calls_are_refused() {
     // Another process holds the database's write lock.
     let other = rusqlite_open(&w.audit_path());
     other.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    // A unary call: forwarded, but its answer is withheld since its record cannot be written.
     let st = call().await.unwrap_err();
+    assert_eq!(
+        (st.code(), reason(&st).as_str()),
+        (Code::Unavailable, "AUDIT_UNAVAILABLE")
+    );
+    // A stream: not forwarded, since its decision cannot be written.
+    let st = OrganizationRegistryClient::new(w.client("sdu"))
+        .stream_name_changes(gbdul::StreamNameChangesRequest {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(
         (st.code(), reason(&st).as_str()),
         (Code::Unavailable, "AUDIT_UNAVAILABLE")
