@@ -168,6 +168,14 @@ fn header<'a>(h: &'a HeaderMap, k: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
+/// At most `max` characters of `s`.
+fn clipped(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => s[..end].to_owned(),
+        None => s.to_owned(),
+    }
+}
+
 impl Call {
     /// A call received now, with ids from the metadata (a UUIDv7 message id when none).
     pub fn new(headers: &HeaderMap, caller: &str, method: &str) -> Call {
@@ -178,13 +186,13 @@ impl Call {
             started: Instant::now(),
             received_at_us: now_us(),
             message_id: header(headers, MESSAGE_ID_HEADER)
-                .map(|s| s.chars().take(128).collect())
+                .map(|s| clipped(s, 128))
                 .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
             correlation_id: header(headers, CORRELATION_ID_HEADER)
-                .map(|s| s.chars().take(128).collect())
+                .map(|s| clipped(s, 128))
                 .unwrap_or_default(),
             caller: caller.to_owned(),
-            method: method.chars().take(256).collect(),
+            method: clipped(method, 256),
             subjects: vec![],
             token_ids: vec![],
             upstream_trace: trace.child(),

@@ -65,7 +65,8 @@ pub fn code_name(code: i32) -> &'static str {
 
 #[derive(Debug, Default)]
 struct Inner {
-    calls: BTreeMap<(String, String, &'static str), u64>,
+    /// caller → method → code → calls (nested so that a call allocates no key once seen).
+    calls: BTreeMap<String, BTreeMap<String, BTreeMap<&'static str, u64>>>,
     latency: BTreeMap<String, Histogram>,
     consent_refusals: BTreeMap<String, u64>,
     refusals: BTreeMap<String, u64>,
@@ -82,13 +83,20 @@ impl Metrics {
     /// A call ended with `code` after `elapsed`.
     pub fn call(&self, caller: &str, method: &str, code: i32, elapsed: Duration) {
         let mut g = self.inner.lock().expect("metrics lock");
-        *g.calls
-            .entry((caller.to_owned(), method.to_owned(), code_name(code)))
-            .or_default() += 1;
-        g.latency
-            .entry(method.to_owned())
-            .or_default()
-            .observe(elapsed.as_secs_f64());
+        let by_method = match g.calls.get_mut(caller) {
+            Some(m) => m,
+            None => g.calls.entry(caller.to_owned()).or_default(),
+        };
+        let by_code = match by_method.get_mut(method) {
+            Some(c) => c,
+            None => by_method.entry(method.to_owned()).or_default(),
+        };
+        *by_code.entry(code_name(code)).or_default() += 1;
+        let h = match g.latency.get_mut(method) {
+            Some(h) => h,
+            None => g.latency.entry(method.to_owned()).or_default(),
+        };
+        h.observe(elapsed.as_secs_f64());
     }
 
     /// The bus refused a call for `reason`; `consent` when a consent check refused it.
@@ -120,7 +128,12 @@ impl Metrics {
         };
         o.push_str("# HELP shep_bus_calls_total Calls through the bus by caller, method and final gRPC status.\n");
         o.push_str("# TYPE shep_bus_calls_total counter\n");
-        for ((caller, method, code), n) in &g.calls {
+        let calls = g.calls.iter().flat_map(|(caller, m)| {
+            m.iter().flat_map(move |(method, c)| {
+                c.iter().map(move |(code, n)| ((caller, method, code), n))
+            })
+        });
+        for ((caller, method, code), n) in calls {
             let _ = writeln!(
                 o,
                 "shep_bus_calls_total{{caller=\"{}\",method=\"{}\",code=\"{code}\"}} {n}",
