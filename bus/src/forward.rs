@@ -11,10 +11,13 @@
 //!    message is read and decoded; identifiers are checked (INVALID_ARGUMENT `SCE001`),
 //!    then consent (see [`crate::consent`]); later messages of a client stream get the same
 //!    checks as they pass, and a failure ends the call (the upstream sees a reset);
-//! 6. audit: the decision is committed;
+//! 6. audit: for a stream, the decision is committed (a unary call has a single record,
+//!    written at its end);
 //! 7. forward with `x-shep-caller`, the remaining `grpc-timeout` and `traceparent`; every
-//!    message size checked both ways; the upstream's answer streamed back; the completion
-//!    committed before the final status (trailers) reaches the caller.
+//!    message size checked both ways; a stream's answer streamed back, its completion
+//!    committed before the final status (trailers) reaches the caller; a unary answer held
+//!    until the call's record is committed, then released (or replaced by
+//!    `AUDIT_UNAVAILABLE`).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

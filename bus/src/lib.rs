@@ -3,10 +3,11 @@
 //! A caller connects with mutual TLS; the bus reads the caller's system from its
 //! certificate, finds the upstream serving the called gRPC service in its routing table,
 //! checks the access matrix, the caller's limits, the identifiers in the request and the
-//! data subject's KDP consent, commits an audit record, and forwards the HTTP/2 request as
-//! is to the upstream with its own certificate, telling the upstream the original caller
-//! in `x-shep-caller`. The answer streams back; the call's completion is committed to the
-//! audit log before its final status reaches the caller. See [`forward`] for the stages.
+//! data subject's KDP consent, and forwards the HTTP/2 request as is to the upstream with
+//! its own certificate, telling the upstream the original caller in `x-shep-caller`. A
+//! unary answer is held until the call's audit record is committed; a stream's decision is
+//! committed before it is forwarded and its completion before its final status reaches the
+//! caller. See [`forward`] for the stages.
 //!
 //! Modules, one decision each (pure functions where possible):
 //! - [`config`]: [`BusSettings`], section `[bus]` of the bus node's TOML;
