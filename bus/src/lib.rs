@@ -228,7 +228,11 @@ pub async fn start_with_token_clock(
     let c = core.clone();
     let render = move || {
         c.metrics
-            .render(c.audit.queue_depth(), c.consent.feed_connected())
+            .render(
+                c.audit.queue_depth(),
+                c.consent.feed_connected(),
+                c.consent.revocations_kept(),
+            )
     };
     let (metrics_addr, mtask) = metrics::serve(metrics_listen, render, shutdown.clone())
         .await

@@ -7,7 +7,9 @@
 //! - `shep_bus_audit_queue_depth`: audit records waiting for their commit;
 //! - `shep_bus_upstream_up{service,system}`: 1 when the upstream's health check says
 //!   SERVING;
-//! - `shep_bus_consent_feed_connected`: 1 while KDP's revocation feed is followed live.
+//! - `shep_bus_consent_feed_connected`: 1 while KDP's revocation feed is followed live;
+//! - `shep_bus_consent_revocations`: revoked token ids and consents kept (bounded by the
+//!   longest token lifetime).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -118,7 +120,12 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges read now.
-    pub fn render(&self, audit_queue_depth: i64, feed_connected: bool) -> String {
+    pub fn render(
+        &self,
+        audit_queue_depth: i64,
+        feed_connected: bool,
+        revocations: usize,
+    ) -> String {
         let g = self.inner.lock().expect("metrics lock");
         let mut o = String::new();
         let esc = |s: &str| {
@@ -209,6 +216,9 @@ impl Metrics {
             "shep_bus_consent_feed_connected {}",
             feed_connected as u8
         );
+        o.push_str("# HELP shep_bus_consent_revocations Revoked token ids and consents kept.\n");
+        o.push_str("# TYPE shep_bus_consent_revocations gauge\n");
+        let _ = writeln!(o, "shep_bus_consent_revocations {revocations}");
         o
     }
 }
@@ -260,7 +270,8 @@ mod tests {
         m.refusal("CONSENT_EXPIRED", true);
         m.refusal("ACCESS_DENIED", false);
         m.upstream("a.B", "gbd-fl", true);
-        let t = m.render(3, true);
+        let t = m.render(3, true, 4);
+        assert!(t.contains("shep_bus_consent_revocations 4"), "{t}");
         assert!(
             t.contains("shep_bus_calls_total{caller=\"sdu\",method=\"/a.B/C\",code=\"OK\"} 2"),
             "{t}"

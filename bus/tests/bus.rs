@@ -478,6 +478,53 @@ async fn a_revocation_published_by_kdp_refuses_the_token() {
 }
 
 #[tokio::test]
+async fn revocations_are_kept_only_while_a_token_they_cover_can_live() {
+    // Tokens may live at most 60 s on this bus.
+    let w = World::start(|s| s.consent.max_token_lifetime_secs = 60).await;
+    w.consent_ready().await;
+    let subject = iin(3);
+    let (_, long) = w.token(&subject, "sdu", READ, 300);
+    let st = get_person(&w, "sdu", &subject, &[&long]).await.unwrap_err();
+    assert_eq!(reason(&st), "CONSENT_TOKEN_MALFORMED", "{st:?}");
+    assert!(
+        st.message().contains("max_token_lifetime_secs"),
+        "{}",
+        st.message()
+    );
+    let (id, short) = w.token(&subject, "sdu", READ, 30);
+    get_person(&w, "sdu", &subject, &[&short]).await.unwrap();
+
+    let kept = || async {
+        let m = metrics(w.bus.metrics_addr).await;
+        m.lines()
+            .find_map(|l| l.strip_prefix("shep_bus_consent_revocations "))
+            .map(|v| v.trim().parse::<u64>().unwrap())
+            .expect("the revocations gauge")
+    };
+    let now = jiff::Timestamp::now().as_second();
+    // A revocation older than the longest lifetime covers only expired tokens: not kept.
+    w.kdp.revoke_at("old", &iin(4), "sdu", READ, now - 120);
+    // A current one is kept (its token id and its consent) and refuses the token.
+    w.kdp.revoke(&id, &subject, "sdu", READ);
+    let mut refused = None;
+    for _ in 0..250 {
+        match get_person(&w, "sdu", &subject, &[&short]).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(st) => {
+                refused = Some(st);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        reason(&refused.expect("the revoked token is refused")),
+        "CONSENT_REVOKED"
+    );
+    assert_eq!(kept().await, 2, "the old revocation was dropped on arrival");
+    w.shutdown.trigger();
+}
+
+#[tokio::test]
 async fn without_kdp_personal_data_calls_fail_closed() {
     // KDP unreachable from the start: the bus starts and refuses personal-data calls.
     let w = World::start_with(false, |_| {}).await;

@@ -244,8 +244,18 @@ impl Kdp {
 
     /// Publishes the revocation of one token.
     pub fn revoke(&self, token_id: &str, subject: &str, consumer: &str, scope: &str) {
+        self.revoke_at(
+            token_id,
+            subject,
+            consumer,
+            scope,
+            jiff::Timestamp::now().as_second(),
+        );
+    }
+
+    /// Publishes a revocation made at `at` (unix seconds).
+    pub fn revoke_at(&self, token_id: &str, subject: &str, consumer: &str, scope: &str, at: i64) {
         let mut log = self.log.lock().unwrap();
-        let now = jiff::Timestamp::now();
         let r = kdp::Revocation {
             cursor: (log.len() + 1).to_string(),
             token_ids: vec![token_id.to_owned()],
@@ -253,7 +263,7 @@ impl Kdp {
             consumer: consumer.to_owned(),
             scope: scope.to_owned(),
             revoked_at: Some(prost_types::Timestamp {
-                seconds: now.as_second(),
+                seconds: at,
                 nanos: 0,
             }),
         };
