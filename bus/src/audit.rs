@@ -743,6 +743,52 @@ pub fn query(
     Ok(rows)
 }
 
+impl std::fmt::Display for VerifyReport {
+    /// One line for a person: intact with its head, or where the chain breaks.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.intact {
+            write!(
+                f,
+                "intact: {} records, head #{} {}",
+                self.records, self.head_seq, self.head_hash
+            )
+        } else {
+            write!(
+                f,
+                "BROKEN at record #{}: {} ({} records checked)",
+                self.first_bad_seq.unwrap_or(0),
+                self.problem.as_deref().unwrap_or("unknown problem"),
+                self.records
+            )
+        }
+    }
+}
+
+impl std::fmt::Display for AuditRecord {
+    /// One line: when, who, what, about whom, the decision and the status.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "#{:<6} {} {:<10} {:<8} {:<9} {} subject={} status={}",
+            self.seq,
+            self.received_at_rfc3339(),
+            self.phase.as_str(),
+            self.caller,
+            self.decision.as_str(),
+            self.method,
+            if self.subject.is_empty() { "-" } else { &self.subject },
+            self.grpc_status,
+        )?;
+        if !self.reason.is_empty() {
+            write!(f, " reason={}", self.reason)?;
+        }
+        if !self.message_id.is_empty() {
+            write!(f, " message={}", self.message_id)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -970,51 +1016,5 @@ mod tests {
         b.caller = "a".into();
         b.method = "bc".into();
         assert_ne!(a.compute_hash(), b.compute_hash());
-    }
-}
-
-impl std::fmt::Display for VerifyReport {
-    /// One line for a person: intact with its head, or where the chain breaks.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.intact {
-            write!(
-                f,
-                "intact: {} records, head #{} {}",
-                self.records, self.head_seq, self.head_hash
-            )
-        } else {
-            write!(
-                f,
-                "BROKEN at record #{}: {} ({} records checked)",
-                self.first_bad_seq.unwrap_or(0),
-                self.problem.as_deref().unwrap_or("unknown problem"),
-                self.records
-            )
-        }
-    }
-}
-
-impl std::fmt::Display for AuditRecord {
-    /// One line: when, who, what, about whom, the decision and the status.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "#{:<6} {} {:<10} {:<8} {:<9} {} subject={} status={}",
-            self.seq,
-            self.received_at_rfc3339(),
-            self.phase.as_str(),
-            self.caller,
-            self.decision.as_str(),
-            self.method,
-            if self.subject.is_empty() { "-" } else { &self.subject },
-            self.grpc_status,
-        )?;
-        if !self.reason.is_empty() {
-            write!(f, " reason={}", self.reason)?;
-        }
-        if !self.message_id.is_empty() {
-            write!(f, " message={}", self.message_id)?;
-        }
-        Ok(())
     }
 }
