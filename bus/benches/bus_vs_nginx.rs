@@ -5,7 +5,8 @@
 //!
 //! - (a) **direct**: straight to a test GBD FL upstream;
 //! - (b) **bus**: through the bus, with every check (identity, access, identifiers, consent
-//!   with signature and revocations) and the audit log (group commit, `synchronous=FULL`);
+//!   with signature and revocations) and the audit log (one record per call, committed
+//!   before the answer is released; group commit, `synchronous=FULL`);
 //! - (c) **nginx**: through nginx with `grpc_pass grpcs://` and `ssl_verify_client on`
 //!   (installed with `apt-get install -y nginx` when missing, run as a child process with
 //!   `-p`/`-c` and `daemon off`; reported as unavailable when it cannot be installed).
@@ -15,7 +16,8 @@
 //! (a) and (c). Takes about a minute. Knobs: `SHEP_BENCH_CONCURRENCY` (32),
 //! `SHEP_BENCH_SECONDS` (10), `SHEP_BENCH_WARMUP` (2), `SHEP_BENCH_AUDIT_SYNC` (`full`, or
 //! `normal` to see what the fsync of each audit batch costs), `SHEP_BENCH_ONLY` (`a`, `b`
-//! or `c`: one target, for profiling).
+//! or `c`: one target, for profiling), `SHEP_BENCH_SUBJECTS` (1000: distinct subjects and
+//! tokens, cycled through).
 //!
 //! Run: `cargo bench -p shep-bus --bench bus_vs_nginx`.
 
@@ -393,7 +395,7 @@ async fn run() {
     w.consent_ready().await;
     let subjects: Vec<(String, String)> = (1u16..)
         .filter_map(|s| shep_domain::Iin::from_parts(1990, 5, 15, shep_domain::Sex::Male, s))
-        .take(1000)
+        .take(env_u64("SHEP_BENCH_SUBJECTS", 1000) as usize)
         .map(|i| {
             let i = i.to_string();
             let (_, tok) = w.token(&i, "sdu", "gbdfl.person.read", 3600);
@@ -532,8 +534,13 @@ async fn run() {
     }
     println!(
         "\n\"CPU s/10k all\" counts this process (client, test upstreams and, in (b), the bus) plus, in (c), nginx's \
-         master and workers. The bus row includes consent verification (Ed25519), identifier checks and two audit \
-         records per call, each awaited until committed (group commit, fsync per batch)."
+         master and workers. The bus row includes consent verification (Ed25519, cached per token), identifier checks \
+         and the call's audit record, committed before the answer is released (group commit; synchronous={}).",
+        if std::env::var("SHEP_BENCH_AUDIT_SYNC").is_ok_and(|v| v == "normal") {
+            "NORMAL: no fsync per batch"
+        } else {
+            "FULL: one fsync per batch"
+        }
     );
     let v = shep_bus::audit::verify(&w.audit_path()).unwrap();
     println!(

@@ -89,8 +89,8 @@ pub fn to_proto(r: &AuditRecord) -> shep::AuditRecord {
         reason: match r.phase {
             Phase::Decision => r.reason.clone(),
             // The contract has no phase field: a completion's reason says it.
-            Phase::Completion if r.reason == "COMPLETED" => r.reason.clone(),
-            Phase::Completion => format!("COMPLETED:{}", r.reason),
+            Phase::Completion | Phase::Call if r.reason == "COMPLETED" => r.reason.clone(),
+            Phase::Completion | Phase::Call => format!("COMPLETED:{}", r.reason),
         },
         grpc_status: r.grpc_status,
         received_at: Some(prost_types::Timestamp {

@@ -8,9 +8,12 @@
 //! `synchronous = full` (the default) a committed record survives a power cut. When a
 //! commit fails, every call of the batch gets the error and the chain head does not move.
 //!
-//! **Two records per forwarded call.** A `decision` record (allowed, status -1 = pending)
-//! is committed before the call is forwarded; a `completion` record (final status,
-//! duration, sizes; `call_seq` = the decision's `seq`) is committed before the final
+//! **Records of a call.** A unary call forwarded by the bus has one `call` record
+//! (allowed, final status, duration, sizes), committed once the upstream has answered and
+//! before any byte of the answer reaches the caller (the bus holds the answer until then).
+//! A streaming call, whose answer cannot be held, has two: a `decision` record (allowed,
+//! status -1 = pending) committed before it is forwarded, and a `completion` record (final
+//! status, duration, sizes; `call_seq` = the decision's `seq`) committed before its final
 //! status reaches the caller. A refused call has one `decision` record carrying its status.
 //!
 //! **Append-only.** Triggers refuse UPDATE and DELETE; the chain makes any edit made
@@ -77,6 +80,9 @@ pub enum Phase {
     Decision,
     /// Written when the call ends, before its status reaches the caller.
     Completion,
+    /// The single record of a forwarded unary call: the decision and the outcome, written
+    /// before any of the answer reaches the caller.
+    Call,
 }
 
 impl Phase {
@@ -84,13 +90,14 @@ impl Phase {
         match self {
             Phase::Decision => "decision",
             Phase::Completion => "completion",
+            Phase::Call => "call",
         }
     }
     fn parse(s: &str) -> Phase {
-        if s == "completion" {
-            Phase::Completion
-        } else {
-            Phase::Decision
+        match s {
+            "completion" => Phase::Completion,
+            "call" => Phase::Call,
+            _ => Phase::Decision,
         }
     }
 }
@@ -100,6 +107,8 @@ impl Phase {
 pub struct Entry {
     /// For a completion record: the `seq` of the call's decision record.
     pub call_seq: Option<u64>,
+    /// The single record of a forwarded unary call ([`Phase::Call`]).
+    pub whole: bool,
     /// From metadata `x-message-id` (or the envelope), else a generated UUIDv7.
     pub message_id: String,
     /// From metadata `x-correlation-id` (or the envelope); may be empty.
@@ -205,6 +214,8 @@ impl AuditRecord {
             seq,
             phase: if e.call_seq.is_some() {
                 Phase::Completion
+            } else if e.whole {
+                Phase::Call
             } else {
                 Phase::Decision
             },
@@ -732,6 +743,52 @@ pub fn query(
     Ok(rows)
 }
 
+impl std::fmt::Display for VerifyReport {
+    /// One line for a person: intact with its head, or where the chain breaks.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.intact {
+            write!(
+                f,
+                "intact: {} records, head #{} {}",
+                self.records, self.head_seq, self.head_hash
+            )
+        } else {
+            write!(
+                f,
+                "BROKEN at record #{}: {} ({} records checked)",
+                self.first_bad_seq.unwrap_or(0),
+                self.problem.as_deref().unwrap_or("unknown problem"),
+                self.records
+            )
+        }
+    }
+}
+
+impl std::fmt::Display for AuditRecord {
+    /// One line: when, who, what, about whom, the decision and the status.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "#{:<6} {} {:<10} {:<8} {:<9} {} subject={} status={}",
+            self.seq,
+            self.received_at_rfc3339(),
+            self.phase.as_str(),
+            self.caller,
+            self.decision.as_str(),
+            self.method,
+            if self.subject.is_empty() { "-" } else { &self.subject },
+            self.grpc_status,
+        )?;
+        if !self.reason.is_empty() {
+            write!(f, " reason={}", self.reason)?;
+        }
+        if !self.message_id.is_empty() {
+            write!(f, " message={}", self.message_id)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -959,51 +1016,5 @@ mod tests {
         b.caller = "a".into();
         b.method = "bc".into();
         assert_ne!(a.compute_hash(), b.compute_hash());
-    }
-}
-
-impl std::fmt::Display for VerifyReport {
-    /// One line for a person: intact with its head, or where the chain breaks.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.intact {
-            write!(
-                f,
-                "intact: {} records, head #{} {}",
-                self.records, self.head_seq, self.head_hash
-            )
-        } else {
-            write!(
-                f,
-                "BROKEN at record #{}: {} ({} records checked)",
-                self.first_bad_seq.unwrap_or(0),
-                self.problem.as_deref().unwrap_or("unknown problem"),
-                self.records
-            )
-        }
-    }
-}
-
-impl std::fmt::Display for AuditRecord {
-    /// One line: when, who, what, about whom, the decision and the status.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "#{:<6} {} {:<10} {:<8} {:<9} {} subject={} status={}",
-            self.seq,
-            self.received_at_rfc3339(),
-            self.phase.as_str(),
-            self.caller,
-            self.decision.as_str(),
-            self.method,
-            if self.subject.is_empty() { "-" } else { &self.subject },
-            self.grpc_status,
-        )?;
-        if !self.reason.is_empty() {
-            write!(f, " reason={}", self.reason)?;
-        }
-        if !self.message_id.is_empty() {
-            write!(f, " message={}", self.message_id)?;
-        }
-        Ok(())
     }
 }

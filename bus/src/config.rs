@@ -195,6 +195,17 @@ pub struct ConsentSettings {
     /// Longest pause between two attempts to reach KDP, in milliseconds.
     #[serde(default = "default_retry_ms")]
     pub retry_max_ms: u64,
+    /// The longest lifetime (expiry minus issue, in seconds) of a token the bus accepts;
+    /// a longer-lived token is refused (`CONSENT_TOKEN_MALFORMED`). It bounds the
+    /// revocations kept: a revocation at `t` can only apply to tokens issued at or before
+    /// `t`, all expired after `t + max_token_lifetime_secs`, so it is dropped then.
+    /// Default: KDP's own upper bound on `token_ttl_secs`, 366 days.
+    #[serde(default = "default_max_token_lifetime")]
+    pub max_token_lifetime_secs: u64,
+}
+
+fn default_max_token_lifetime() -> u64 {
+    366 * 86_400
 }
 
 impl Default for ConsentSettings {
@@ -204,6 +215,7 @@ impl Default for ConsentSettings {
             revocations_stale_after_ms: default_stale_ms(),
             key_refresh_ms: default_key_refresh_ms(),
             retry_max_ms: default_retry_ms(),
+            max_token_lifetime_secs: default_max_token_lifetime(),
         }
     }
 }
@@ -519,6 +531,11 @@ impl BusSettings {
                 "bus.consent.kdp_system = {:?} is not a system with an endpoint in bus.systems",
                 self.consent.kdp_system
             ));
+        }
+        if self.consent.max_token_lifetime_secs == 0
+            || self.consent.max_token_lifetime_secs > i64::MAX as u64 / 2
+        {
+            return Err("bus.consent.max_token_lifetime_secs must be at least 1 (and sane)".into());
         }
         for (i, r) in self.access.iter().enumerate() {
             if r.caller.is_empty() || r.method.is_empty() {

@@ -10,7 +10,8 @@
 //! has been lost longer than the configured bound, personal-data calls are refused
 //! (fail closed).
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,38 +20,115 @@ use shep_proto::kdp;
 use shep_proto::kdp::consent_service_client::ConsentServiceClient;
 use tonic::transport::Channel;
 
-/// Every revocation received from KDP.
-#[derive(Debug, Default, Clone)]
+/// The revocations received from KDP that can still matter.
+///
+/// Bounded by time: a revocation at `t` applies only to tokens issued at or before `t`, and
+/// the bus accepts no token living longer than `max_lifetime` seconds ([`decide`] refuses
+/// it), so every token it could apply to has expired after `t + max_lifetime`; it is
+/// dropped then (at the next [`RevocationSet::add`]). What is kept is at most the
+/// revocations of the last `max_lifetime` seconds of the token clock.
+#[derive(Debug, Clone)]
 pub struct RevocationSet {
-    token_ids: HashSet<String>,
+    /// Revoked token id → the time after which it is dropped.
+    token_ids: HashMap<String, i64>,
     /// (subject, consumer, scope) → latest `revoked_at` (unix seconds).
-    consents: HashMap<(String, String, String), i64>,
+    consents: HashMap<ConsentKey, i64>,
+    /// What to drop when, earliest first (entries overtaken by a later revocation of the
+    /// same key are skipped when they come up).
+    expiry: BinaryHeap<Reverse<(i64, Expiring)>>,
+    max_lifetime: i64,
+}
+
+type ConsentKey = (String, String, String);
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Expiring {
+    Token(String),
+    Consent(ConsentKey),
+}
+
+impl Default for RevocationSet {
+    fn default() -> Self {
+        RevocationSet::new(366 * 86_400)
+    }
 }
 
 impl RevocationSet {
-    /// Records a revocation.
-    pub fn add(&mut self, r: &kdp::Revocation) {
-        self.token_ids.extend(r.token_ids.iter().cloned());
+    /// An empty set for tokens living at most `max_lifetime_secs`.
+    pub fn new(max_lifetime_secs: u64) -> Self {
+        RevocationSet {
+            token_ids: HashMap::new(),
+            consents: HashMap::new(),
+            expiry: BinaryHeap::new(),
+            max_lifetime: i64::try_from(max_lifetime_secs).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The longest token lifetime accepted, in seconds.
+    pub fn max_lifetime(&self) -> i64 {
+        self.max_lifetime
+    }
+
+    /// Records a revocation, then drops those that can no longer apply at `now` (unix
+    /// seconds on the token clock). A revocation without `revoked_at` is kept for ever.
+    pub fn add(&mut self, r: &kdp::Revocation, now: i64) {
         let at = r.revoked_at.as_ref().map(|t| t.seconds).unwrap_or(i64::MAX);
-        let e = self
-            .consents
-            .entry((r.subject.clone(), r.consumer.clone(), r.scope.clone()))
-            .or_insert(at);
+        let drop_after = at.saturating_add(self.max_lifetime);
+        for id in &r.token_ids {
+            let e = self.token_ids.entry(id.clone()).or_insert(drop_after);
+            *e = (*e).max(drop_after);
+            self.expiry
+                .push(Reverse((drop_after, Expiring::Token(id.clone()))));
+        }
+        let key = (r.subject.clone(), r.consumer.clone(), r.scope.clone());
+        let e = self.consents.entry(key.clone()).or_insert(at);
         *e = (*e).max(at);
+        self.expiry
+            .push(Reverse((drop_after, Expiring::Consent(key))));
+        self.prune(now);
+    }
+
+    /// Drops the revocations whose tokens have all expired at `now`.
+    pub fn prune(&mut self, now: i64) {
+        while let Some(Reverse((t, _))) = self.expiry.peek() {
+            if *t >= now {
+                break;
+            }
+            let Some(Reverse((t, what))) = self.expiry.pop() else {
+                break;
+            };
+            match what {
+                Expiring::Token(id) => {
+                    if self.token_ids.get(&id) == Some(&t) {
+                        self.token_ids.remove(&id);
+                    }
+                }
+                Expiring::Consent(key) => {
+                    if self
+                        .consents
+                        .get(&key)
+                        .is_some_and(|at| at.saturating_add(self.max_lifetime) == t)
+                    {
+                        self.consents.remove(&key);
+                    }
+                }
+            }
+        }
     }
 
     /// True when the token is listed, or was issued at or before a revocation of the same
     /// subject, consumer and scope.
     pub fn is_revoked(&self, c: &Claims) -> bool {
-        self.token_ids.contains(&c.token_id)
+        self.token_ids.contains_key(&c.token_id)
             || self
                 .consents
                 .get(&(c.subject.clone(), c.consumer.clone(), c.scope.clone()))
                 .is_some_and(|&at| c.issued_at <= at)
     }
 
+    /// Revoked token ids and revoked consents kept.
     pub fn len(&self) -> usize {
-        self.token_ids.len()
+        self.token_ids.len() + self.consents.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -175,6 +253,19 @@ pub fn decide(
             Some(c) => c.verify(verifier, t),
             None => verifier.verify(t),
         })
+        .map(|r| {
+            r.and_then(|c| {
+                let max = kdp.revocations.max_lifetime();
+                if c.expires_at.saturating_sub(c.issued_at) > max {
+                    return Err(Refusal::Malformed(format!(
+                        "token {} lives {} s, longer than the bus accepts ({max} s, bus.consent.max_token_lifetime_secs)",
+                        c.token_id,
+                        c.expires_at.saturating_sub(c.issued_at)
+                    )));
+                }
+                Ok(c)
+            })
+        })
         .collect();
     let mut used = vec![];
     for subject in subjects {
@@ -240,23 +331,39 @@ struct Inner {
 }
 
 /// What the bus knows from KDP, shared by the request path and the background tasks.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConsentState {
     inner: Arc<RwLock<Inner>>,
     stale_after: Duration,
+    /// The clock revocations are aged by (the token clock).
+    clock: crate::gate::TokenClock,
+}
+
+impl std::fmt::Debug for ConsentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsentState")
+            .field("inner", &self.inner)
+            .field("stale_after", &self.stale_after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConsentState {
     /// Knows nothing yet: every personal-data call is refused until the key and the
-    /// revocations arrive.
-    pub fn new(stale_after: Duration) -> Self {
+    /// revocations arrive. Tokens living longer than `max_token_lifetime_secs` are refused;
+    /// revocations are aged by `clock` (see [`RevocationSet`]).
+    pub fn new(
+        stale_after: Duration,
+        max_token_lifetime_secs: u64,
+        clock: crate::gate::TokenClock,
+    ) -> Self {
         ConsentState {
             inner: Arc::new(RwLock::new(Inner {
                 verifier: None,
                 public_key: vec![],
                 cache: TokenCache::default(),
                 key_id: String::new(),
-                revocations: RevocationSet::default(),
+                revocations: RevocationSet::new(max_token_lifetime_secs),
                 feed: Feed {
                     caught_up: false,
                     connected: false,
@@ -264,6 +371,7 @@ impl ConsentState {
                 },
             })),
             stale_after,
+            clock,
         }
     }
 
@@ -312,9 +420,19 @@ impl ConsentState {
         self.inner.read().expect("consent lock").verifier.is_some()
     }
 
-    /// Records a revocation.
+    /// Records a revocation (dropping those that can no longer apply).
     pub fn revoke(&self, r: &kdp::Revocation) {
-        self.inner.write().expect("consent lock").revocations.add(r);
+        let now = (self.clock)();
+        self.inner
+            .write()
+            .expect("consent lock")
+            .revocations
+            .add(r, now);
+    }
+
+    /// Revoked token ids and consents kept.
+    pub fn revocations_kept(&self) -> usize {
+        self.inner.read().expect("consent lock").revocations.len()
     }
 
     fn set_feed(&self, caught_up: Option<bool>, connected: bool) {
@@ -335,22 +453,35 @@ impl ConsentState {
     }
 }
 
-/// Starts the key fetcher and the revocation follower on `channel` (to KDP). They stop
-/// when `shutdown` triggers.
+/// Starts the key fetcher and the revocation follower on the channel to `kdp_system` (the
+/// current one at each attempt, so that a rotated certificate is used). They stop when
+/// `shutdown` triggers.
 pub fn spawn_kdp_tasks(
-    channel: Channel,
+    upstreams: crate::upstreams::Upstreams,
+    kdp_system: String,
     state: ConsentState,
     key_refresh: Duration,
     retry_max: Duration,
     shutdown: shep_runtime::Shutdown,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let key_task = {
-        let (ch, st, sd) = (channel.clone(), state.clone(), shutdown.clone());
+        let (ups, sys, st, sd) = (
+            upstreams.clone(),
+            kdp_system.clone(),
+            state.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             let mut backoff = Backoff::new(retry_max);
             loop {
-                let mut client = ConsentServiceClient::new(ch.clone());
-                let wait = match client.get_public_key(kdp::GetPublicKeyRequest {}).await {
+                let fetched = match ups.get(&sys) {
+                    Some(ch) => ConsentServiceClient::new(ch)
+                        .get_public_key(kdp::GetPublicKeyRequest {})
+                        .await
+                        .map_err(|e| (e.message().to_owned(), e.code())),
+                    None => Err((format!("no channel to {sys}"), tonic::Code::Unavailable)),
+                };
+                let wait = match fetched {
                     Ok(r) => {
                         let r = r.into_inner();
                         if !st.has_key() {
@@ -360,9 +491,9 @@ pub fn spawn_kdp_tasks(
                         backoff.reset();
                         key_refresh
                     }
-                    Err(e) => {
+                    Err((error, code)) => {
                         if !st.has_key() {
-                            tracing::warn!(error = %e.message(), code = ?e.code(), "KDP unreachable: personal-data calls are refused until its key is fetched");
+                            tracing::warn!(%error, ?code, "KDP unreachable: personal-data calls are refused until its key is fetched");
                         }
                         backoff.next_delay()
                     }
@@ -381,6 +512,9 @@ pub fn spawn_kdp_tasks(
             let mut caught_up = false;
             let mut backoff = Backoff::new(retry_max);
             loop {
+                let Some(channel) = upstreams.get(&kdp_system) else {
+                    return;
+                };
                 let run = follow_once(&channel, &state, &mut cursor, &mut caught_up, &mut backoff);
                 let r = tokio::select! {
                     r = run => r,
@@ -582,28 +716,124 @@ mod tests {
             decide(&subj, &[t], "sdu", "gbdfl.person.read", 1_500, &view(&v, r))
         };
         assert!(d(&r, &ta).is_ok());
-        r.add(&kdp::Revocation {
-            token_ids: vec!["ta".into()],
-            ..Default::default()
-        });
+        r.add(
+            &kdp::Revocation {
+                token_ids: vec!["ta".into()],
+                ..Default::default()
+            },
+            1_500,
+        );
         assert_eq!(d(&r, &ta).unwrap_err().reason(), "CONSENT_REVOKED");
 
         // By consent: tokens issued at or before `revoked_at` are refused, later ones pass.
         let mut r = RevocationSet::default();
-        r.add(&kdp::Revocation {
-            subject: A.into(),
-            consumer: "sdu".into(),
-            scope: "gbdfl.person.read".into(),
-            revoked_at: Some(prost_types::Timestamp {
-                seconds: 1_000,
-                nanos: 0,
-            }),
-            ..Default::default()
-        });
+        r.add(
+            &kdp::Revocation {
+                subject: A.into(),
+                consumer: "sdu".into(),
+                scope: "gbdfl.person.read".into(),
+                revoked_at: Some(prost_types::Timestamp {
+                    seconds: 1_000,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            1_500,
+        );
         assert_eq!(d(&r, &ta).unwrap_err().reason(), "CONSENT_REVOKED");
         let mut later = claims("tl", A);
         later.issued_at = 1_001;
         assert!(d(&r, &s.sign(&later)).is_ok());
+    }
+
+    fn revocation(ids: &[&str], subject: &str, at: i64) -> kdp::Revocation {
+        kdp::Revocation {
+            token_ids: ids.iter().map(|s| s.to_string()).collect(),
+            subject: subject.into(),
+            consumer: "sdu".into(),
+            scope: "gbdfl.person.read".into(),
+            revoked_at: Some(prost_types::Timestamp {
+                seconds: at,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn revocations_are_dropped_once_every_token_they_cover_expired() {
+        // Tokens live at most 1000 s: a revocation at t is kept until t + 1000.
+        let mut r = RevocationSet::new(1_000);
+        r.add(&revocation(&["t1"], A, 1_000), 1_000);
+        r.add(&revocation(&["t2", "t3"], B, 1_500), 1_500);
+        assert_eq!(r.len(), 5, "3 token ids and 2 consents");
+        let mut c = claims("t1", A);
+        c.issued_at = 500;
+        c.expires_at = 1_500;
+        assert!(r.is_revoked(&c));
+        // At 2000 the first revocation still applies (a token issued at 1000 may live to 2000).
+        r.prune(2_000);
+        assert!(r.is_revoked(&c));
+        assert_eq!(r.len(), 5);
+        // A newer revocation of the same consent keeps it past the first one's end.
+        r.add(&revocation(&[], A, 1_900), 2_000);
+        r.prune(2_001);
+        assert_eq!(
+            r.len(),
+            4,
+            "t1 dropped; t2, t3, A's consent (revoked again at 1900) and B's kept"
+        );
+        assert!(!r.token_ids.contains_key("t1"));
+        assert!(
+            r.is_revoked(&c),
+            "still covered by the consent revoked at 1900"
+        );
+        // Once every revocation is older than the longest lifetime, nothing is kept.
+        r.add(&revocation(&["t9"], B, 10_000), 10_000);
+        assert_eq!(r.len(), 2, "only the revocation at 10000 is left");
+        assert_eq!(r.expiry.len(), 2);
+        r.prune(11_001);
+        assert!(r.is_empty());
+        assert!(r.expiry.is_empty());
+        // However many revocations pass, the set holds only the last lifetime's worth.
+        let mut r = RevocationSet::new(100);
+        for t in 0..10_000i64 {
+            r.add(&revocation(&[&format!("id{t}")], A, t), t);
+        }
+        assert!(r.len() <= 2 * 102, "{} kept", r.len());
+        assert!(r.expiry.len() <= 2 * 102, "{} queued", r.expiry.len());
+    }
+
+    #[test]
+    fn tokens_living_longer_than_the_bound_are_refused() {
+        let s = Signer::from_seed(&[3; 32], "k").unwrap();
+        let v = s.verifier();
+        let subj = vec![A.to_string()];
+        let t = s.sign(&claims("ta", A)); // lives 1000 s
+        let within = RevocationSet::new(1_000);
+        assert!(
+            decide(
+                &subj,
+                &[&t],
+                "sdu",
+                "gbdfl.person.read",
+                1_500,
+                &view(&v, &within)
+            )
+            .is_ok()
+        );
+        let shorter = RevocationSet::new(999);
+        let e = decide(
+            &subj,
+            &[&t],
+            "sdu",
+            "gbdfl.person.read",
+            1_500,
+            &view(&v, &shorter),
+        )
+        .unwrap_err();
+        assert_eq!(e.reason(), "CONSENT_TOKEN_MALFORMED");
+        assert!(e.to_string().contains("max_token_lifetime_secs"), "{e}");
     }
 
     #[test]
@@ -638,7 +868,7 @@ mod tests {
 
     #[test]
     fn state_is_stale_until_caught_up_and_after_the_bound() {
-        let st = ConsentState::new(Duration::from_millis(500));
+        let st = ConsentState::new(Duration::from_millis(500), 366 * 86_400, Arc::new(|| 0));
         let s = Signer::from_seed(&[3; 32], "k").unwrap();
         st.set_key(s.public_key(), "k".into());
         let ta = s.sign(&claims("ta", A));
@@ -666,7 +896,7 @@ mod tests {
 
     #[test]
     fn the_signature_cache_follows_the_key() {
-        let st = ConsentState::new(Duration::from_secs(60));
+        let st = ConsentState::new(Duration::from_secs(60), 366 * 86_400, Arc::new(|| 0));
         st.set_feed(Some(true), true);
         let k1 = Signer::from_seed(&[1; 32], "k1").unwrap();
         st.set_key(k1.public_key(), "k1".into());

@@ -11,10 +11,13 @@
 //!    message is read and decoded; identifiers are checked (INVALID_ARGUMENT `SCE001`),
 //!    then consent (see [`crate::consent`]); later messages of a client stream get the same
 //!    checks as they pass, and a failure ends the call (the upstream sees a reset);
-//! 6. audit: the decision is committed;
+//! 6. audit: for a stream, the decision is committed (a unary call has a single record,
+//!    written at its end);
 //! 7. forward with `x-shep-caller`, the remaining `grpc-timeout` and `traceparent`; every
-//!    message size checked both ways; the upstream's answer streamed back; the completion
-//!    committed before the final status (trailers) reaches the caller.
+//!    message size checked both ways; a stream's answer streamed back, its completion
+//!    committed before the final status (trailers) reaches the caller; a unary answer held
+//!    until the call's record is committed, then released (or replaced by
+//!    `AUDIT_UNAVAILABLE`).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -90,7 +93,10 @@ pub fn connect(
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true)
-        .http2_adaptive_window(true);
+        // Fixed windows, large enough for the largest message: no BDP probing (a PING per
+        // round trip of data, as adaptive windows do, costs frames and writes on every call).
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20));
     Ok(ep.connect_lazy())
 }
 
@@ -545,7 +551,12 @@ async fn forward(
         let r = upstream_unavailable(&p.upstream, "no channel");
         return wire::status_response(guard.refuse(r).await);
     };
-    if let Err(st) = guard.admit("FORWARDED").await {
+    // A unary answer is held until the call's single record is committed; a stream's
+    // cannot be, so its decision is committed first.
+    let unary = !p.policy.client_streaming && !p.policy.server_streaming;
+    if unary {
+        guard.defer();
+    } else if let Err(st) = guard.admit("FORWARDED").await {
         // The audit is down: the one answer that cannot be recorded is this refusal.
         guard.disarm();
         return wire::status_response(st);
@@ -650,6 +661,8 @@ async fn forward(
             guard: Some(guard),
             core,
             finishing: None,
+            held: unary.then(VecDeque::new),
+            trailers: None,
             done: false,
         })
     })
@@ -659,7 +672,8 @@ fn taken(slot: &Arc<Mutex<Option<Refused>>>) -> Option<Refused> {
     slot.lock().expect("slot").take()
 }
 
-type Finishing = Pin<Box<dyn Future<Output = HeaderMap> + Send>>;
+/// The trailers to send, and whether the call's record was committed.
+type Finishing = Pin<Box<dyn Future<Output = (HeaderMap, bool)> + Send>>;
 
 /// The response body from the upstream, passed on frame by frame; its end (the upstream's
 /// trailers, or the bus's status when the stream broke, the deadline passed or a message
@@ -675,6 +689,11 @@ struct ResponseBody {
     guard: Option<CallGuard>,
     core: Arc<Core>,
     finishing: Option<Finishing>,
+    /// A unary call's answer, held until its record is committed (then released, when the
+    /// upstream answered OK, or dropped).
+    held: Option<VecDeque<Bytes>>,
+    /// The trailers, once the record is committed, sent after the held answer.
+    trailers: Option<HeaderMap>,
     done: bool,
 }
 
@@ -682,15 +701,20 @@ impl ResponseBody {
     fn finish(&mut self, trailers: HeaderMap, code: i32, reason: String) {
         self.inner = None;
         self.deadline = None;
+        if code != 0
+            && let Some(h) = self.held.as_mut()
+        {
+            h.clear();
+        }
         let bytes = self.bytes;
         let guard = self.guard.take();
         self.finishing = Some(Box::pin(async move {
             match guard {
                 Some(g) => match g.complete(code, &reason, bytes).await {
-                    Ok(()) => trailers,
-                    Err(st) => wire::status_headers(&st),
+                    Ok(()) => (trailers, true),
+                    Err(st) => (wire::status_headers(&st), false),
                 },
-                None => trailers,
+                None => (trailers, true),
             }
         }));
     }
@@ -715,14 +739,24 @@ impl HttpBody for ResponseBody {
         let this = &mut *self;
         loop {
             if let Some(f) = this.finishing.as_mut() {
-                return match f.as_mut().poll(cx) {
-                    Poll::Ready(trailers) => {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready((trailers, recorded)) => {
                         this.finishing = None;
                         this.done = true;
-                        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                        if !recorded && let Some(h) = this.held.as_mut() {
+                            h.clear();
+                        }
+                        this.trailers = Some(trailers);
                     }
-                    Poll::Pending => Poll::Pending,
+                    Poll::Pending => return Poll::Pending,
                 };
+            }
+            if let Some(t) = this.trailers.take() {
+                if let Some(d) = this.held.as_mut().and_then(VecDeque::pop_front) {
+                    this.trailers = Some(t);
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
             }
             if this.done {
                 return Poll::Ready(None);
@@ -772,6 +806,21 @@ impl HttpBody for ResponseBody {
                             continue;
                         }
                         this.bytes += d.len() as u64;
+                        if let Some(h) = this.held.as_mut() {
+                            // At most one message (and its header) in a unary answer.
+                            if this.bytes > max as u64 + 5 {
+                                let r = this.core.too_large(
+                                    this.bytes,
+                                    &format!("upstream {}'s response", this.upstream.system),
+                                );
+                                this.finish_with(r);
+                                continue;
+                            }
+                            if let Ok(d) = frame.into_data() {
+                                h.push_back(d);
+                            }
+                            continue;
+                        }
                         return Poll::Ready(Some(Ok(frame)));
                     }
                     match frame.into_trailers() {
@@ -817,7 +866,7 @@ impl HttpBody for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.finishing.is_none()
+        self.done && self.finishing.is_none() && self.trailers.is_none()
     }
 }
 

@@ -41,8 +41,8 @@ pub struct Core {
     pub consent: ConsentState,
     pub audit: AuditLog,
     pub metrics: Metrics,
-    /// One mutual-TLS channel per upstream system.
-    pub upstreams: HashMap<String, Channel>,
+    /// One mutual-TLS channel per upstream system (rebuilt on certificate rotation).
+    pub upstreams: crate::upstreams::Upstreams,
     /// The clock consent tokens are judged by (expiry): the system's, or a simulation's,
     /// so that tokens issued on a manual clock are judged on the same clock.
     pub token_clock: TokenClock,
@@ -168,6 +168,14 @@ fn header<'a>(h: &'a HeaderMap, k: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
+/// At most `max` characters of `s`.
+fn clipped(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => s[..end].to_owned(),
+        None => s.to_owned(),
+    }
+}
+
 impl Call {
     /// A call received now, with ids from the metadata (a UUIDv7 message id when none).
     pub fn new(headers: &HeaderMap, caller: &str, method: &str) -> Call {
@@ -178,13 +186,13 @@ impl Call {
             started: Instant::now(),
             received_at_us: now_us(),
             message_id: header(headers, MESSAGE_ID_HEADER)
-                .map(|s| s.chars().take(128).collect())
+                .map(|s| clipped(s, 128))
                 .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
             correlation_id: header(headers, CORRELATION_ID_HEADER)
-                .map(|s| s.chars().take(128).collect())
+                .map(|s| clipped(s, 128))
                 .unwrap_or_default(),
             caller: caller.to_owned(),
-            method: method.chars().take(256).collect(),
+            method: clipped(method, 256),
             subjects: vec![],
             token_ids: vec![],
             upstream_trace: trace.child(),
@@ -196,6 +204,7 @@ impl Call {
     fn entry(&self, allowed: bool, reason: &str, grpc_status: i32) -> Entry {
         Entry {
             call_seq: None,
+            whole: false,
             message_id: self.message_id.clone(),
             correlation_id: self.correlation_id.clone(),
             caller: self.caller.clone(),
@@ -265,12 +274,14 @@ impl Core {
         }
     }
 
-    /// Records the end of an admitted call (and waits for its commit).
+    /// Records the end of a forwarded call (and waits for its commit): its completion
+    /// record after the decision record `decision_seq`, or, without one (a unary call), its
+    /// single record.
     #[allow(clippy::too_many_arguments)]
     pub async fn complete(
         &self,
         call: &Call,
-        decision_seq: u64,
+        decision_seq: Option<u64>,
         code: i32,
         reason: &str,
         extra: &Seen,
@@ -278,7 +289,8 @@ impl Core {
         response_bytes: u64,
     ) -> Result<(), tonic::Status> {
         let mut e = call.entry(true, reason, code);
-        e.call_seq = Some(decision_seq);
+        e.call_seq = decision_seq;
+        e.whole = decision_seq.is_none();
         e.request_bytes = request_bytes;
         e.response_bytes = response_bytes;
         let (more_subjects, more_tokens) = extra.take();
@@ -455,7 +467,7 @@ impl Core {
 
     /// The mutual-TLS channel to an upstream system.
     pub fn channel(&self, system: &str) -> Option<Channel> {
-        self.upstreams.get(system).cloned()
+        self.upstreams.get(system)
     }
 
     /// The deadline of a call: the caller's `grpc-timeout`, else for a unary call the
@@ -497,6 +509,8 @@ pub struct CallGuard {
     core: Arc<Core>,
     call: Option<Call>,
     seq: Option<u64>,
+    /// Forwarded without a decision record: the call's single record is written at its end.
+    deferred: bool,
     _permit: Option<Permit>,
     pub request_bytes: Arc<AtomicU64>,
     pub seen: Seen,
@@ -508,6 +522,7 @@ impl CallGuard {
             core,
             call: Some(call),
             seq: None,
+            deferred: false,
             _permit: None,
             request_bytes: Arc::new(AtomicU64::new(0)),
             seen: Seen::default(),
@@ -535,9 +550,10 @@ impl CallGuard {
     pub async fn refuse(mut self, r: Refused) -> tonic::Status {
         let call = self.call.take().expect("call settled");
         match self.seq {
-            None => self.core.refuse(&call, r).await,
-            Some(seq) => {
-                // Refused after the decision (a later message of a stream): a completion.
+            None if !self.deferred => self.core.refuse(&call, r).await,
+            seq => {
+                // Refused after the decision (a later message of a stream, or the upstream
+                // failed): the end of an allowed call.
                 let code = r.status.code() as i32;
                 self.core.metrics.refusal(&r.reason, r.consent);
                 self.seen.add(r.subjects.clone(), vec![]);
@@ -559,6 +575,13 @@ impl CallGuard {
         self.call = None;
     }
 
+    /// Forwards without a decision record: the call's single record is written when it
+    /// ends ([`CallGuard::complete`]), before any of its answer is released. Only for a call
+    /// whose answer is held until then (unary).
+    pub fn defer(&mut self) {
+        self.deferred = true;
+    }
+
     /// Records the decision to forward.
     pub async fn admit(&mut self, reason: &str) -> Result<(), tonic::Status> {
         let seq = self.core.admit(self.call(), reason).await?;
@@ -575,7 +598,8 @@ impl CallGuard {
         response_bytes: u64,
     ) -> Result<(), tonic::Status> {
         let call = self.call.take().expect("call settled");
-        let seq = self.seq.expect("admitted");
+        let seq = self.seq;
+        debug_assert!(seq.is_some() || self.deferred, "admitted or deferred");
         let bytes = self.request_bytes.load(Ordering::Relaxed);
         self.core
             .complete(&call, seq, code, reason, &self.seen, bytes, response_bytes)
@@ -591,11 +615,12 @@ impl Drop for CallGuard {
         };
         let core = self.core.clone();
         let seq = self.seq;
+        let deferred = self.deferred;
         let bytes = self.request_bytes.load(Ordering::Relaxed);
         let seen = self.seen.clone();
         rt.spawn(async move {
             match seq {
-                None => {
+                None if !deferred => {
                     let r = Refused::new(
                         Code::Cancelled,
                         "the caller cancelled the call",
@@ -604,7 +629,7 @@ impl Drop for CallGuard {
                     );
                     let _ = core.refuse(&call, r).await;
                 }
-                Some(seq) => {
+                seq => {
                     let _ = core
                         .complete(
                             &call,

@@ -3,10 +3,11 @@
 //! A caller connects with mutual TLS; the bus reads the caller's system from its
 //! certificate, finds the upstream serving the called gRPC service in its routing table,
 //! checks the access matrix, the caller's limits, the identifiers in the request and the
-//! data subject's KDP consent, commits an audit record, and forwards the HTTP/2 request as
-//! is to the upstream with its own certificate, telling the upstream the original caller
-//! in `x-shep-caller`. The answer streams back; the call's completion is committed to the
-//! audit log before its final status reaches the caller. See [`forward`] for the stages.
+//! data subject's KDP consent, and forwards the HTTP/2 request as is to the upstream with
+//! its own certificate, telling the upstream the original caller in `x-shep-caller`. A
+//! unary answer is held until the call's audit record is committed; a stream's decision is
+//! committed before it is forwarded and its completion before its final status reaches the
+//! caller. See [`forward`] for the stages.
 //!
 //! Modules, one decision each (pure functions where possible):
 //! - [`config`]: [`BusSettings`], section `[bus]` of the bus node's TOML;
@@ -18,7 +19,8 @@
 //!   [`audit::subject_accesses`];
 //! - [`gate`]: the stages shared by every path in and the audit of a call; [`forward`]: the
 //!   forwarder; [`envelope`]: `SyncChannel/SendMessage`; [`admin`]:
-//!   `BusAdmin`; [`health`]: upstream health; [`metrics`]: Prometheus; [`wire`]: framing,
+//!   `BusAdmin`; [`health`]: upstream health; [`upstreams`]: the channels to upstreams,
+//!   rebuilt when the bus's certificate is rotated; [`metrics`]: Prometheus; [`wire`]: framing,
 //!   `grpc-timeout`, `traceparent`.
 //!
 //! Refusals are gRPC statuses with an ErrorInfo (domain `shep.kz`): `SCE004` unknown
@@ -47,9 +49,9 @@ pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod routing;
+pub mod upstreams;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,24 +154,22 @@ pub async fn start_with_token_clock(
     let policies = policy::PolicyBook::new(pool, &routes.services()).map_err(BusError::Config)?;
     let audit = audit::AuditLog::open(&settings.audit)?;
 
-    let mut upstreams = HashMap::new();
-    for (id, s) in &settings.systems {
-        if let Some(ep) = &s.endpoint {
-            let ch = forward::connect(&node.tls, ep, &settings.upstream)
-                .map_err(|e| BusError::Config(format!("bus.systems.{id}: {e}")))?;
-            upstreams.insert(id.clone(), ch);
-        }
-    }
-    let consent = consent::ConsentState::new(Duration::from_millis(
-        settings.consent.revocations_stale_after_ms,
-    ));
+    let upstreams =
+        upstreams::Upstreams::connect(&node.tls, &settings).map_err(BusError::Config)?;
+    let consent = consent::ConsentState::new(
+        Duration::from_millis(settings.consent.revocations_stale_after_ms),
+        settings.consent.max_token_lifetime_secs,
+        token_clock.clone(),
+    );
     let mut tasks = consent::spawn_kdp_tasks(
-        upstreams[&settings.consent.kdp_system].clone(),
+        upstreams.clone(),
+        settings.consent.kdp_system.clone(),
         consent.clone(),
         Duration::from_millis(settings.consent.key_refresh_ms),
         Duration::from_millis(settings.consent.retry_max_ms),
         shutdown.clone(),
     );
+    tasks.push(upstreams.spawn_watcher(shutdown.clone()));
     let max = settings.limits.max_message_bytes;
     let metrics_listen = settings.metrics_listen;
     let health_interval = Duration::from_millis(settings.upstream.health_interval_ms);
@@ -228,7 +228,11 @@ pub async fn start_with_token_clock(
     let c = core.clone();
     let render = move || {
         c.metrics
-            .render(c.audit.queue_depth(), c.consent.feed_connected())
+            .render(
+                c.audit.queue_depth(),
+                c.consent.feed_connected(),
+                c.consent.revocations_kept(),
+            )
     };
     let (metrics_addr, mtask) = metrics::serve(metrics_listen, render, shutdown.clone())
         .await

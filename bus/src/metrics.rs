@@ -7,7 +7,9 @@
 //! - `shep_bus_audit_queue_depth`: audit records waiting for their commit;
 //! - `shep_bus_upstream_up{service,system}`: 1 when the upstream's health check says
 //!   SERVING;
-//! - `shep_bus_consent_feed_connected`: 1 while KDP's revocation feed is followed live.
+//! - `shep_bus_consent_feed_connected`: 1 while KDP's revocation feed is followed live;
+//! - `shep_bus_consent_revocations`: revoked token ids and consents kept (bounded by the
+//!   longest token lifetime).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -65,7 +67,8 @@ pub fn code_name(code: i32) -> &'static str {
 
 #[derive(Debug, Default)]
 struct Inner {
-    calls: BTreeMap<(String, String, &'static str), u64>,
+    /// caller → method → code → calls (nested so that a call allocates no key once seen).
+    calls: BTreeMap<String, BTreeMap<String, BTreeMap<&'static str, u64>>>,
     latency: BTreeMap<String, Histogram>,
     consent_refusals: BTreeMap<String, u64>,
     refusals: BTreeMap<String, u64>,
@@ -82,13 +85,20 @@ impl Metrics {
     /// A call ended with `code` after `elapsed`.
     pub fn call(&self, caller: &str, method: &str, code: i32, elapsed: Duration) {
         let mut g = self.inner.lock().expect("metrics lock");
-        *g.calls
-            .entry((caller.to_owned(), method.to_owned(), code_name(code)))
-            .or_default() += 1;
-        g.latency
-            .entry(method.to_owned())
-            .or_default()
-            .observe(elapsed.as_secs_f64());
+        let by_method = match g.calls.get_mut(caller) {
+            Some(m) => m,
+            None => g.calls.entry(caller.to_owned()).or_default(),
+        };
+        let by_code = match by_method.get_mut(method) {
+            Some(c) => c,
+            None => by_method.entry(method.to_owned()).or_default(),
+        };
+        *by_code.entry(code_name(code)).or_default() += 1;
+        let h = match g.latency.get_mut(method) {
+            Some(h) => h,
+            None => g.latency.entry(method.to_owned()).or_default(),
+        };
+        h.observe(elapsed.as_secs_f64());
     }
 
     /// The bus refused a call for `reason`; `consent` when a consent check refused it.
@@ -110,7 +120,12 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges read now.
-    pub fn render(&self, audit_queue_depth: i64, feed_connected: bool) -> String {
+    pub fn render(
+        &self,
+        audit_queue_depth: i64,
+        feed_connected: bool,
+        revocations: usize,
+    ) -> String {
         let g = self.inner.lock().expect("metrics lock");
         let mut o = String::new();
         let esc = |s: &str| {
@@ -120,7 +135,12 @@ impl Metrics {
         };
         o.push_str("# HELP shep_bus_calls_total Calls through the bus by caller, method and final gRPC status.\n");
         o.push_str("# TYPE shep_bus_calls_total counter\n");
-        for ((caller, method, code), n) in &g.calls {
+        let calls = g.calls.iter().flat_map(|(caller, m)| {
+            m.iter().flat_map(move |(method, c)| {
+                c.iter().map(move |(code, n)| ((caller, method, code), n))
+            })
+        });
+        for ((caller, method, code), n) in calls {
             let _ = writeln!(
                 o,
                 "shep_bus_calls_total{{caller=\"{}\",method=\"{}\",code=\"{code}\"}} {n}",
@@ -196,6 +216,9 @@ impl Metrics {
             "shep_bus_consent_feed_connected {}",
             feed_connected as u8
         );
+        o.push_str("# HELP shep_bus_consent_revocations Revoked token ids and consents kept.\n");
+        o.push_str("# TYPE shep_bus_consent_revocations gauge\n");
+        let _ = writeln!(o, "shep_bus_consent_revocations {revocations}");
         o
     }
 }
@@ -247,7 +270,8 @@ mod tests {
         m.refusal("CONSENT_EXPIRED", true);
         m.refusal("ACCESS_DENIED", false);
         m.upstream("a.B", "gbd-fl", true);
-        let t = m.render(3, true);
+        let t = m.render(3, true, 4);
+        assert!(t.contains("shep_bus_consent_revocations 4"), "{t}");
         assert!(
             t.contains("shep_bus_calls_total{caller=\"sdu\",method=\"/a.B/C\",code=\"OK\"} 2"),
             "{t}"

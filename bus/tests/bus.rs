@@ -95,9 +95,24 @@ async fn unary_call_is_forwarded_with_the_callers_identity_deadline_and_trace() 
         "{timeout:?}"
     );
 
-    // The audit has the decision and the completion of the call, chained.
+    // The audit has one record of the unary call (committed before its answer was
+    // released), chained.
     let rep = shep_bus::audit::verify(&w.audit_path()).unwrap();
     assert!(rep.intact, "{rep:?}");
+    let mine: Vec<_> = shep_bus::audit::query(&w.audit_path(), 0, Some("sdu"), 0)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.message_id == "msg-42")
+        .collect();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(
+        (mine[0].phase, mine[0].decision, mine[0].reason.as_str()),
+        (
+            shep_bus::audit::Phase::Call,
+            shep_bus::audit::Decision::Allowed,
+            "COMPLETED"
+        )
+    );
     let acc = shep_bus::audit::subject_accesses(&w.audit_path(), &subject).unwrap();
     assert_eq!(acc.len(), 1);
     let r = &acc[0];
@@ -463,6 +478,53 @@ async fn a_revocation_published_by_kdp_refuses_the_token() {
 }
 
 #[tokio::test]
+async fn revocations_are_kept_only_while_a_token_they_cover_can_live() {
+    // Tokens may live at most 60 s on this bus.
+    let w = World::start(|s| s.consent.max_token_lifetime_secs = 60).await;
+    w.consent_ready().await;
+    let subject = iin(3);
+    let (_, long) = w.token(&subject, "sdu", READ, 300);
+    let st = get_person(&w, "sdu", &subject, &[&long]).await.unwrap_err();
+    assert_eq!(reason(&st), "CONSENT_TOKEN_MALFORMED", "{st:?}");
+    assert!(
+        st.message().contains("max_token_lifetime_secs"),
+        "{}",
+        st.message()
+    );
+    let (id, short) = w.token(&subject, "sdu", READ, 30);
+    get_person(&w, "sdu", &subject, &[&short]).await.unwrap();
+
+    let kept = || async {
+        let m = metrics(w.bus.metrics_addr).await;
+        m.lines()
+            .find_map(|l| l.strip_prefix("shep_bus_consent_revocations "))
+            .map(|v| v.trim().parse::<u64>().unwrap())
+            .expect("the revocations gauge")
+    };
+    let now = jiff::Timestamp::now().as_second();
+    // A revocation older than the longest lifetime covers only expired tokens: not kept.
+    w.kdp.revoke_at("old", &iin(4), "sdu", READ, now - 120);
+    // A current one is kept (its token id and its consent) and refuses the token.
+    w.kdp.revoke(&id, &subject, "sdu", READ);
+    let mut refused = None;
+    for _ in 0..250 {
+        match get_person(&w, "sdu", &subject, &[&short]).await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(st) => {
+                refused = Some(st);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        reason(&refused.expect("the revoked token is refused")),
+        "CONSENT_REVOKED"
+    );
+    assert_eq!(kept().await, 2, "the old revocation was dropped on arrival");
+    w.shutdown.trigger();
+}
+
+#[tokio::test]
 async fn without_kdp_personal_data_calls_fail_closed() {
     // KDP unreachable from the start: the bus starts and refuses personal-data calls.
     let w = World::start_with(false, |_| {}).await;
@@ -648,6 +710,105 @@ async fn cancelling_a_call_cancels_it_upstream() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(recorded, "the cancelled call has its completion record");
+    w.shutdown.trigger();
+}
+
+#[tokio::test]
+async fn an_upstream_dying_mid_stream_ends_the_stream_unavailable_and_recorded() {
+    // GBD UL is reached through a relay; killing it is GBD UL's process dying.
+    let mut relay = None;
+    let w = World::start(|s| {
+        let ul = s.systems.get_mut("gbd-ul").unwrap();
+        let target = Relay::port_of(ul.endpoint.as_deref().unwrap());
+        let r = Relay::start(std::net::SocketAddr::from(([127, 0, 0, 1], target)));
+        ul.endpoint = Some(format!("https://127.0.0.1:{}", r.port));
+        relay = Some(r);
+    })
+    .await;
+    let relay = relay.unwrap();
+    let mut c = OrganizationRegistryClient::new(w.client("sdu"));
+    let mut s = c
+        .stream_name_changes(gbdul::StreamNameChangesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = vec![];
+    for _ in 0..3 {
+        got.push(s.message().await.unwrap().unwrap().cursor);
+    }
+    relay.kill();
+    // The messages sent before the crash arrive, then the status: no hang (the bound only
+    // turns a hang into a failure).
+    let end = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match s.message().await {
+                Ok(Some(m)) => got.push(m.cursor),
+                Ok(None) => panic!("the stream ended as if the upstream had finished"),
+                Err(st) => break st,
+            }
+        }
+    })
+    .await
+    .expect("the caller got a status after the upstream died");
+    let expected: Vec<String> = (1..=got.len()).map(|i| i.to_string()).collect();
+    assert_eq!(got, expected, "every message before the crash, in order");
+    assert_eq!(
+        (end.code(), reason(&end).as_str()),
+        (Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
+        "{end:?}"
+    );
+    assert_eq!(info_meta(&end)["upstream"], "gbd-ul");
+    assert!(end.message().contains("gbd-ul"), "{}", end.message());
+    // The completion was committed before the status left the bus.
+    let recs = shep_bus::audit::query(&w.audit_path(), 0, Some("sdu"), 0).unwrap();
+    let done = recs
+        .iter()
+        .find(|r| {
+            r.method.ends_with("/StreamNameChanges")
+                && r.phase == shep_bus::audit::Phase::Completion
+        })
+        .expect("a completion record");
+    assert_eq!(
+        (done.grpc_status, done.reason.as_str()),
+        (Code::Unavailable as i32, "UPSTREAM_UNAVAILABLE")
+    );
+    assert!(done.response_bytes > 0, "{done:?}");
+    assert!(shep_bus::audit::verify(&w.audit_path()).unwrap().intact);
+    w.shutdown.trigger();
+}
+
+#[tokio::test]
+async fn a_rotated_bus_certificate_is_presented_to_upstreams_without_a_restart() {
+    let w = World::start(|_| {}).await;
+    w.consent_ready().await;
+    let subject = iin(7);
+    let (_, tok) = w.token(&subject, "sdu", READ, 300);
+    get_person(&w, "sdu", &subject, &[&tok]).await.unwrap();
+    let before = w.gbdfl_seen.last_serial();
+    w.pki
+        .issue("bus", shep_pki::Validity::days(1), true)
+        .unwrap();
+    // The bus's watcher checks every 100 ms; poll (bounded) until the upstream sees the
+    // new certificate.
+    let mut after = before.clone();
+    for _ in 0..600 {
+        get_person(&w, "sdu", &subject, &[&tok]).await.unwrap();
+        after = w.gbdfl_seen.last_serial();
+        if after != before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(after, before, "the upstream still sees the old certificate");
+    // Once rotated, every new call comes with the new certificate.
+    for _ in 0..3 {
+        get_person(&w, "sdu", &subject, &[&tok]).await.unwrap();
+        assert_eq!(w.gbdfl_seen.last_serial(), after);
+    }
+    assert_eq!(
+        w.gbdfl_seen.last().get(shep_bus::CALLER_HEADER).unwrap(),
+        "sdu"
+    );
     w.shutdown.trigger();
 }
 
@@ -1091,7 +1252,20 @@ async fn when_the_audit_cannot_be_written_calls_are_refused() {
     // Another process holds the database's write lock.
     let other = rusqlite_open(&w.audit_path());
     other.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    // A unary call: forwarded, but its answer is withheld since its record cannot be written.
     let st = call().await.unwrap_err();
+    assert_eq!(
+        (st.code(), reason(&st).as_str()),
+        (Code::Unavailable, "AUDIT_UNAVAILABLE")
+    );
+    // A stream: not forwarded, since its decision cannot be written.
+    let st = OrganizationRegistryClient::new(w.client("sdu"))
+        .stream_name_changes(gbdul::StreamNameChangesRequest {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(
         (st.code(), reason(&st).as_str()),
         (Code::Unavailable, "AUDIT_UNAVAILABLE")

@@ -54,17 +54,31 @@ pub fn missing_iin() -> String {
     iin(9100)
 }
 
-/// What an upstream saw: how many calls, and the metadata of the last one.
+/// What an upstream saw: how many calls, the metadata of the last one and the serial of
+/// the client certificate it came with.
 #[derive(Clone, Default)]
 pub struct Seen {
     count: Arc<AtomicUsize>,
     last: Arc<Mutex<Option<http::HeaderMap>>>,
+    serial: Arc<Mutex<Option<String>>>,
 }
 
 impl Seen {
-    fn push(&self, h: http::HeaderMap) {
+    fn push<T>(&self, req: &Request<T>) {
         self.count.fetch_add(1, Ordering::SeqCst);
-        *self.last.lock().unwrap() = Some(h);
+        *self.last.lock().unwrap() = Some(req.metadata().clone().into_headers());
+        *self.serial.lock().unwrap() = req
+            .extensions()
+            .get::<shep_runtime::Caller>()
+            .map(|c| c.serial.clone());
+    }
+    /// The serial of the client certificate of the last call.
+    pub fn last_serial(&self) -> String {
+        self.serial
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the upstream saw a call with a client certificate")
     }
     pub fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
@@ -101,7 +115,7 @@ impl gbdfl::person_registry_server::PersonRegistry for Gbdfl {
         &self,
         req: Request<gbdfl::GetPersonRequest>,
     ) -> Result<Response<gbdfl::Person>, Status> {
-        self.seen.push(req.metadata().clone().into_headers());
+        self.seen.push(&req);
         let iin = req.into_inner().iin;
         if iin == slow_iin() {
             tokio::time::sleep(Duration::from_secs(120)).await;
@@ -121,7 +135,7 @@ impl gbdfl::person_registry_server::PersonRegistry for Gbdfl {
         &self,
         req: Request<gbdfl::GetPersonsRequest>,
     ) -> Result<Response<Self::GetPersonsStream>, Status> {
-        self.seen.push(req.metadata().clone().into_headers());
+        self.seen.push(&req);
         let items: Vec<_> = req
             .into_inner()
             .iins
@@ -230,8 +244,18 @@ impl Kdp {
 
     /// Publishes the revocation of one token.
     pub fn revoke(&self, token_id: &str, subject: &str, consumer: &str, scope: &str) {
+        self.revoke_at(
+            token_id,
+            subject,
+            consumer,
+            scope,
+            jiff::Timestamp::now().as_second(),
+        );
+    }
+
+    /// Publishes a revocation made at `at` (unix seconds).
+    pub fn revoke_at(&self, token_id: &str, subject: &str, consumer: &str, scope: &str, at: i64) {
         let mut log = self.log.lock().unwrap();
-        let now = jiff::Timestamp::now();
         let r = kdp::Revocation {
             cursor: (log.len() + 1).to_string(),
             token_ids: vec![token_id.to_owned()],
@@ -239,7 +263,7 @@ impl Kdp {
             consumer: consumer.to_owned(),
             scope: scope.to_owned(),
             revoked_at: Some(prost_types::Timestamp {
-                seconds: now.as_second(),
+                seconds: at,
                 nanos: 0,
             }),
         };
@@ -638,4 +662,52 @@ pub async fn metrics(addr: SocketAddr) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// A TCP relay in front of an upstream that can be killed like a crashed process: its
+/// listener and every connection through it close at once, mid-stream or not.
+pub struct Relay {
+    pub port: u16,
+    accept: tokio::task::AbortHandle,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    /// Listens on a free loopback port and relays every connection to `target`.
+    pub fn start(target: SocketAddr) -> Relay {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let port = std_listener.local_addr().unwrap().port();
+        let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let t = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                t.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        Relay {
+            port,
+            accept: accept.abort_handle(),
+            conns,
+        }
+    }
+
+    /// Closes the listener and every relayed connection.
+    pub fn kill(&self) {
+        self.accept.abort();
+        for t in self.conns.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// The port of an `https://host:port` endpoint.
+    pub fn port_of(endpoint: &str) -> u16 {
+        endpoint.rsplit(':').next().unwrap().parse().unwrap()
+    }
 }
