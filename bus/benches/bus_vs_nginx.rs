@@ -7,6 +7,7 @@
 //! - (b) **bus**: through the bus, with every check (identity, access, identifiers, consent
 //!   with signature and revocations) and the audit log (one record per call, committed
 //!   before the answer is released; group commit, `synchronous=FULL`);
+//! - (b') the same bus with the audit at `synchronous=NORMAL` (no fsync per batch);
 //! - (c) **nginx**: through nginx with `grpc_pass grpcs://` and `ssl_verify_client on`
 //!   (installed with `apt-get install -y nginx` when missing, run as a child process with
 //!   `-p`/`-c` and `daemon off`; reported as unavailable when it cannot be installed).
@@ -14,9 +15,8 @@
 //! Prints calls/s, p50, p99, CPU seconds per 10k calls (this process — client, upstream and
 //! bus — from `/proc/self/stat`; nginx's master and workers from theirs) and the ratios to
 //! (a) and (c). Takes about a minute. Knobs: `SHEP_BENCH_CONCURRENCY` (32),
-//! `SHEP_BENCH_SECONDS` (10), `SHEP_BENCH_WARMUP` (2), `SHEP_BENCH_AUDIT_SYNC` (`full`, or
-//! `normal` to see what the fsync of each audit batch costs), `SHEP_BENCH_ONLY` (`a`, `b`
-//! or `c`: one target, for profiling), `SHEP_BENCH_SUBJECTS` (1000: distinct subjects and
+//! `SHEP_BENCH_SECONDS` (10), `SHEP_BENCH_WARMUP` (2), `SHEP_BENCH_ONLY` (`a`, `b`,
+//! `b'` or `c`: one target, for profiling), `SHEP_BENCH_SUBJECTS` (1000: distinct subjects and
 //! tokens, cycled through).
 //!
 //! Run: `cargo bench -p shep-bus --bench bus_vs_nginx`.
@@ -368,6 +368,35 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The bus, its upstreams and KDP key, with the audit at `sync`, ready to take calls.
+async fn world(sync: shep_bus::config::Synchronous) -> harness::World {
+    let w = harness::World::start(move |s| {
+        s.limits.default = shep_bus::config::CallerLimits {
+            requests_per_second: 0.0,
+            burst: 1,
+            max_concurrent: 0,
+        };
+        s.upstream.health_interval_ms = 3000;
+        s.audit.synchronous = sync;
+    })
+    .await;
+    w.consent_ready().await;
+    w
+}
+
+/// `SHEP_BENCH_SUBJECTS` (1000) people, each with a token of `w`'s KDP.
+fn subjects_of(w: &harness::World) -> Vec<(String, String)> {
+    (1u16..)
+        .filter_map(|s| shep_domain::Iin::from_parts(1990, 5, 15, shep_domain::Sex::Male, s))
+        .take(env_u64("SHEP_BENCH_SUBJECTS", 1000) as usize)
+        .map(|i| {
+            let i = i.to_string();
+            let (_, tok) = w.token(&i, "sdu", "gbdfl.person.read", 3600);
+            (i, tok)
+        })
+        .collect()
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -380,29 +409,8 @@ async fn run() {
     let concurrency = env_u64("SHEP_BENCH_CONCURRENCY", 32) as usize;
     let measure = Duration::from_secs(env_u64("SHEP_BENCH_SECONDS", 10));
     let warmup = Duration::from_secs(env_u64("SHEP_BENCH_WARMUP", 2));
-    let w = harness::World::start(|s| {
-        s.limits.default = shep_bus::config::CallerLimits {
-            requests_per_second: 0.0,
-            burst: 1,
-            max_concurrent: 0,
-        };
-        s.upstream.health_interval_ms = 3000;
-        if std::env::var("SHEP_BENCH_AUDIT_SYNC").is_ok_and(|v| v == "normal") {
-            s.audit.synchronous = shep_bus::config::Synchronous::Normal;
-        }
-    })
-    .await;
-    w.consent_ready().await;
-    let subjects: Vec<(String, String)> = (1u16..)
-        .filter_map(|s| shep_domain::Iin::from_parts(1990, 5, 15, shep_domain::Sex::Male, s))
-        .take(env_u64("SHEP_BENCH_SUBJECTS", 1000) as usize)
-        .map(|i| {
-            let i = i.to_string();
-            let (_, tok) = w.token(&i, "sdu", "gbdfl.person.read", 3600);
-            (i, tok)
-        })
-        .collect();
-    let subjects = Arc::new(subjects);
+    let w = world(shep_bus::config::Synchronous::Full).await;
+    let subjects = Arc::new(subjects_of(&w));
     let gbdfl_endpoint = w.settings.systems["gbd-fl"].endpoint.clone().unwrap();
     let gbdfl_port: u16 = gbdfl_endpoint.rsplit(':').next().unwrap().parse().unwrap();
     let sdu_tls = shep_runtime::TlsConfig::from_pki_dir(w.dir.path(), "sdu");
@@ -431,7 +439,7 @@ async fn run() {
         )
         .await
     };
-    eprintln!("(b) bus ...");
+    eprintln!("(b) bus, audit synchronous=FULL ...");
     let bus = if !run_it("b") {
         skipped()
     } else {
@@ -444,6 +452,20 @@ async fn run() {
             None,
         )
         .await
+    };
+    // The same bus with the audit at synchronous=NORMAL (no fsync per batch; see
+    // ARCHITECTURE.md for what a power cut can then lose), in a world of its own.
+    eprintln!("(b') bus, audit synchronous=NORMAL ...");
+    let bus_normal = if !run_it("b'") {
+        skipped()
+    } else {
+        let w2 = world(shep_bus::config::Synchronous::Normal).await;
+        let subjects2 = Arc::new(subjects_of(&w2));
+        let r = load(w2.client("sdu"), subjects2, concurrency, warmup, measure, None).await;
+        let v = shep_bus::audit::verify(&w2.audit_path()).unwrap();
+        assert!(v.intact, "the NORMAL bus's audit chain verifies");
+        w2.shutdown.trigger();
+        r
     };
     eprintln!("(c) nginx ...");
     let prefix = w.dir.path().join("nginx");
@@ -475,6 +497,7 @@ async fn run() {
     let rows = [
         ("(a) direct", &direct),
         ("(b) bus", &bus),
+        ("(b') bus", &bus_normal),
         ("(c) nginx", &nginx),
     ];
     println!();
@@ -535,12 +558,9 @@ async fn run() {
     println!(
         "\n\"CPU s/10k all\" counts this process (client, test upstreams and, in (b), the bus) plus, in (c), nginx's \
          master and workers. The bus row includes consent verification (Ed25519, cached per token), identifier checks \
-         and the call's audit record, committed before the answer is released (group commit; synchronous={}).",
-        if std::env::var("SHEP_BENCH_AUDIT_SYNC").is_ok_and(|v| v == "normal") {
-            "NORMAL: no fsync per batch"
-        } else {
-            "FULL: one fsync per batch"
-        }
+         and the call's audit record, committed before the answer is released (group commit): (b) with \
+         synchronous=FULL (one fsync per batch: a power cut loses nothing answered), (b') with synchronous=NORMAL \
+         (no fsync per batch: a bus crash loses nothing, a power cut can lose the last batches)."
     );
     let v = shep_bus::audit::verify(&w.audit_path()).unwrap();
     println!(
