@@ -143,5 +143,12 @@ mod tests {
         .to_string();
         assert!(e.contains("https"), "{e}");
         assert_eq!(SduSettings::default().retry().max_attempts, 5);
+        // A PostgreSQL URL in `db` is accepted as is; `store::open` picks the backend by it.
+        let s: SduSettings = toml::from_str("db = \"postgres://sdu:pw@127.0.0.1/sdu\"\n").unwrap();
+        s.validate().unwrap();
+        assert_eq!(
+            crate::store::describe(&s.db),
+            "postgres://sdu@127.0.0.1/sdu"
+        );
     }
 }

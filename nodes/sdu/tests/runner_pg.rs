@@ -151,10 +151,7 @@ async fn finish(env: &Env, h: &SduHandle) -> (HashMap<String, String>, FunnelCou
     .await;
     env.clock.set(almaty("2026-02-12T09:00:00"));
     eventually("done", || h.run(&run).unwrap().state == RunState::Done).await;
-    (
-        outcomes(h),
-        h.report("sez-000", run_date()).unwrap().counts,
-    )
+    (outcomes(h), h.report("sez-000", run_date()).unwrap().counts)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +195,10 @@ async fn on_postgres_a_killed_runner_is_resumed_without_a_second_sms_or_reissue(
 
     // Restarted on the same database: it resumes the diff from its cursor and every case.
     env.fakes.notify_gate.send_replace(None);
-    let sdu = env.start_sdu().await.expect("a new runner takes the database");
+    let sdu = env
+        .start_sdu()
+        .await
+        .expect("a new runner takes the database");
     let h = sdu.handle.clone();
     let (after, funnel) = finish(&env, &h).await;
     assert_eq!(after, reference, "the same outcomes as without the crash");

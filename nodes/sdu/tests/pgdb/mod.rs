@@ -33,7 +33,10 @@ fn run_sql(url: String, sql: String) -> Result<(), String> {
         rt.block_on(async move {
             let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
                 .await
-                .map_err(|e| format!("connecting to {url}: {e}"))?;
+                .map_err(|e| match std::error::Error::source(&e) {
+                    Some(cause) => format!("connecting to {url}: {e}: {cause}"),
+                    None => format!("connecting to {url}: {e}"),
+                })?;
             let driver = tokio::spawn(conn);
             let r = client
                 .batch_execute(&sql)
@@ -88,10 +91,10 @@ impl Drop for TestDb {
             format!("{}/postgres", server()),
             format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
         );
-        if let Err(e) = r {
-            if !std::thread::panicking() {
-                panic!("dropping the test database: {e}");
-            }
+        if let Err(e) = r
+            && !std::thread::panicking()
+        {
+            panic!("dropping the test database: {e}");
         }
     }
 }
