@@ -719,3 +719,36 @@ fn the_backend_follows_the_db_setting() {
             .is_some()
     );
 }
+
+#[test]
+fn postgres_a_lost_session_frees_the_lock_and_the_old_store_fails_rather_than_writes() {
+    let pg = Postgres::new();
+    let old = pg.open().unwrap();
+    let (run, ..) = old.create_run("sez-000", date(2026, 2, 3), now()).unwrap();
+    // The server ends the runner's sessions, as when its process is killed.
+    pg.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    );
+    // The lock goes with the session (once the server has ended it).
+    let mut new = None;
+    for _ in 0..1000 {
+        match pg.open() {
+            Ok(s) => {
+                new = Some(s);
+                break;
+            }
+            Err(StoreError::Locked { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let new = new.expect("the lock is free once its session ended");
+    // The old store does not reconnect without its lock: its writes fail.
+    let e = old
+        .set_phase(&run.id, DiffPhase::Done, now())
+        .expect_err("a store whose session ended writes nothing");
+    assert!(matches!(e, StoreError::Backend(_)), "{e}");
+    assert_eq!(new.run(&run.id).unwrap().unwrap().phase, DiffPhase::GbdUl);
+}
