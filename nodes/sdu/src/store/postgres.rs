@@ -23,11 +23,13 @@
 //!
 //! If the connection to the server is lost, every call fails with [`StoreError::Backend`]
 //! and the store does not reconnect: the lost session released the lock, so the runner
-//! must be restarted (and takes the lock again) rather than write without it.
+//! must be restarted (and takes the lock again) rather than write without it. A server that
+//! stops answering is given up on after 10 s to connect and 30 s for a write the server
+//! does not acknowledge (TCP user timeout), unless the URL sets `connect_timeout` or
+//! `tcp_user_timeout`.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use futures::executor::block_on;
@@ -220,11 +222,12 @@ fn col<'a, T: FromSql<'a>>(r: &'a Row, i: usize) -> Result<T, StoreError> {
         .map_err(|e| corrupt(format!("column {i}: {e}")))
 }
 
-/// One connection: its client, the statements prepared on it, and the thread driving it.
+/// One connection: its client and the statements prepared on it. A thread of its own
+/// drives it; dropping the client ends the session and so the thread (not joined: a server
+/// that stopped answering must not hang the drop).
 struct Conn {
     client: Client,
     cache: HashMap<String, Statement>,
-    _driver: Driver,
 }
 
 impl Conn {
@@ -235,7 +238,7 @@ impl Conn {
         };
         let (tx, rx) = std::sync::mpsc::channel();
         let cfg = cfg.clone();
-        let driver = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("sdu-postgres".into())
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
@@ -265,19 +268,12 @@ impl Conn {
             .map_err(|e| io(format!("starting a connection thread: {e}")))?;
         let client = match rx.recv() {
             Ok(Ok(c)) => c,
-            Ok(Err(m)) => {
-                let _ = driver.join();
-                return Err(io(m));
-            }
-            Err(_) => {
-                let _ = driver.join();
-                return Err(io("the connection thread stopped".into()));
-            }
+            Ok(Err(m)) => return Err(io(m)),
+            Err(_) => return Err(io("the connection thread stopped".into())),
         };
         Ok(Conn {
             client,
             cache: HashMap::new(),
-            _driver: Driver(Some(driver)),
         })
     }
 
@@ -304,18 +300,6 @@ impl Conn {
             block_on(tx.commit()).map_err(db)?;
         }
         Ok(out)
-    }
-}
-
-/// The thread driving a connection, joined when the connection is dropped: its field comes
-/// after the client, whose drop ends the session and so the thread.
-struct Driver(Option<JoinHandle<()>>);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if let Some(d) = self.0.take() {
-            let _ = d.join();
-        }
     }
 }
 
@@ -650,8 +634,16 @@ impl PgStore {
         if cfg.get_application_name().is_none() {
             cfg.application_name(format!("shep-sdu pid {}", std::process::id()));
         }
+        // Bounds on a server that stops answering: connecting, unacknowledged writes (the
+        // call then fails), and an idle connection's liveness.
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(10));
+        }
+        if cfg.get_tcp_user_timeout().is_none() {
+            cfg.tcp_user_timeout(Duration::from_secs(30));
+        }
+        if cfg.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            cfg.keepalives_idle(Duration::from_secs(30));
         }
         let mut write = Conn::connect(&cfg, &shown)?;
         take_lock(&mut write, &shown)?;
