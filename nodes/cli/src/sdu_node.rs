@@ -86,7 +86,9 @@ pub fn sdu_example() -> String {
 # The bus: every registry, PEP and KDP call goes through it, as system "sdu" (mutual TLS).
 bus_url = "{bus}"
 # The SQLite file of runs, cases, timers and cursors (created when missing, with <db>.lock
-# beside it). One SDU node per file at a time; a node restarted on it resumes everything.
+# beside it), or a PostgreSQL database: db = "postgres://sdu:secret@127.0.0.1:5432/sdu"
+# (it must exist; no TLS: same host or a tunnel). One SDU node per database at a time; a
+# node restarted on it resumes everything.
 db = "var/data/sdu.sqlite"
 # Cases driven at once, and permit look-ups of a diff in flight.
 concurrency = {concurrency}

@@ -5,7 +5,7 @@
 //! - [`pilot`]: pilots as data (`pilots.toml`, extendable by an operator file);
 //! - [`calendar`]: the working-day calendar as data (`calendar/*.toml`), waits in Asia/Almaty;
 //! - [`case`]: the case state machine — PURE: `step(case, event, now, pilot, calendar, retry)`;
-//! - [`store`]: durable state behind a trait; SQLite now;
+//! - [`store`]: durable state behind a trait; SQLite (a file) or PostgreSQL (a URL);
 //! - [`clients`]: the calls through the bus, prost ↔ domain at the edge;
 //! - `runner`: the only part that does I/O: the daily diff, workers, answers and timers;
 //! - [`service`]: the gRPC `ProactiveService`;
@@ -47,7 +47,7 @@ use calendar::Calendar;
 use clients::Upstream;
 use pilot::PilotCatalog;
 use runner::Runner;
-use store::{CaseFilter, SqliteStore, Store};
+use store::{CaseFilter, Store};
 
 /// A handle on a running SDU: what the CLI and the gRPC service call. It does not keep the
 /// node alive; after the node stops its methods answer [`SduError::ShuttingDown`].
@@ -83,11 +83,10 @@ pub async fn start(
     let pilots = Arc::new(PilotCatalog::load(settings.pilots_file.as_deref())?);
     let calendar = Arc::new(Calendar::load(settings.calendar_file.as_deref())?);
     let db = settings.db.clone();
-    let store: Arc<dyn Store> =
-        match tokio::task::spawn_blocking(move || SqliteStore::open(&db)).await {
-            Ok(r) => Arc::new(r?),
-            Err(e) => return Err(SduError::Settings(format!("opening the database: {e}"))),
-        };
+    let store: Arc<dyn Store> = match tokio::task::spawn_blocking(move || store::open(&db)).await {
+        Ok(r) => r?,
+        Err(e) => return Err(SduError::Settings(format!("opening the database: {e}"))),
+    };
     let channel =
         shep_runtime::tls::channel(&node.tls, &settings.bus_url).map_err(|e| SduError::Bus {
             url: settings.bus_url.clone(),
@@ -128,7 +127,7 @@ pub async fn start(
         }
         ns.trigger();
     });
-    tracing::info!(addr = %running.addr, db = %settings.db.display(), bus = %settings.bus_url, "SDU started");
+    tracing::info!(addr = %running.addr, db = %store::describe(&settings.db), bus = %settings.bus_url, "SDU started");
     Ok(RunningSdu {
         addr: running.addr,
         services: running.services.clone(),

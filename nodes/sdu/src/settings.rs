@@ -15,8 +15,11 @@ pub struct SduSettings {
     /// URL of the bus ("https://127.0.0.1:7000"). SDU talks to nothing else: every registry,
     /// PEP and KDP call goes through one mutual-TLS channel to it, as system "sdu".
     pub bus_url: String,
-    /// The SQLite file of the durable state (created when missing, with `<db>.lock` beside
-    /// it). One runner per file at a time.
+    /// Where the durable state lives: a SQLite file (created when missing, with
+    /// `<db>.lock` beside it), or a PostgreSQL database named by a `postgres://` or
+    /// `postgresql://` URL (`postgres://sdu:secret@127.0.0.1:5432/sdu`; the database must
+    /// exist, its tables are created; no TLS, so a server on the same host or a TLS tunnel).
+    /// One runner per database at a time.
     pub db: PathBuf,
     /// The bound on calls in flight: at most this many cases are driven at once (a case
     /// makes its calls one step at a time), and at most this many permit look-ups of a diff.
@@ -93,7 +96,7 @@ impl SduSettings {
             ));
         }
         if self.db.as_os_str().is_empty() {
-            return bad("db must name a file".into());
+            return bad("db must name a file or a postgres:// URL".into());
         }
         Ok(())
     }
@@ -140,5 +143,12 @@ mod tests {
         .to_string();
         assert!(e.contains("https"), "{e}");
         assert_eq!(SduSettings::default().retry().max_attempts, 5);
+        // A PostgreSQL URL in `db` is accepted as is; `store::open` picks the backend by it.
+        let s: SduSettings = toml::from_str("db = \"postgres://sdu:pw@127.0.0.1/sdu\"\n").unwrap();
+        s.validate().unwrap();
+        assert_eq!(
+            crate::store::describe(&s.db),
+            "postgres://sdu@127.0.0.1/sdu"
+        );
     }
 }

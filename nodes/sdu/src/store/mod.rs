@@ -1,11 +1,16 @@
 //! Durable state behind a trait: runs, cases with their permits and history, timers
 //! (a waiting case's deadline), stream cursors, the feed of events, and the holders'
-//! updated data. [`sqlite`] implements it now; a PostgreSQL backend implements the same
-//! trait next, so nothing here names a SQLite type.
+//! updated data. Two backends implement it with the same semantics: [`sqlite`] (one file,
+//! the default) and [`postgres`] (a PostgreSQL database, for a deployment that outgrows one
+//! node); [`open`] picks one from the `[sdu] db` setting. Nothing outside the backends
+//! names a database type; rows ↔ domain conversions are shared (`rows`), so both read
+//! the same data the same way.
 //!
 //! Contract of every implementation:
 //! - one runner per store at a time: opening a store for a runner takes an exclusive lock
-//!   that the process holds until the store is dropped (or the process dies);
+//!   that the process holds until the store is dropped (or the process dies): a lock file
+//!   for SQLite, a session-level advisory lock for PostgreSQL; a second runner gets
+//!   [`StoreError::Locked`] from either;
 //! - [`Store::commit_case`] is atomic and conditional on the case's version
 //!   (compare-and-swap): the new case, its history, the holder data and a stream cursor
 //!   land together or not at all, so an answer is never taken twice nor lost;
@@ -13,7 +18,12 @@
 //!   the diff cursor in one transaction;
 //! - run counters and the run state change in the same transaction as the cases.
 
+pub mod postgres;
+mod rows;
 pub mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use jiff::civil::Date;
@@ -21,7 +31,25 @@ use serde::Serialize;
 
 use crate::case::{Case, CaseId, HistoryEntry, HolderUpdate, Outcome, RunId, Subject, SubjectName};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+/// Opens the store `db` names for a runner: a PostgreSQL database when it is a
+/// `postgres://` or `postgresql://` URL, else a SQLite file at that path.
+pub fn open(db: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    match db.to_str() {
+        Some(url) if postgres::is_postgres_url(url) => Ok(Arc::new(PgStore::open(url.trim())?)),
+        _ => Ok(Arc::new(SqliteStore::open(db)?)),
+    }
+}
+
+/// How `db` is shown in logs and errors: a URL without its password, or the path.
+pub fn describe(db: &Path) -> String {
+    match db.to_str() {
+        Some(url) if postgres::is_postgres_url(url) => postgres::redact_url(url.trim()),
+        _ => db.display().to_string(),
+    }
+}
 
 /// Why the store failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,18 +14,18 @@ use std::sync::{Mutex, MutexGuard};
 use jiff::Timestamp;
 use jiff::civil::Date;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
-use shep_domain::Iin;
 
+use super::rows::{
+    CASE_COLS, CaseCols, CaseRow, EventCols, RUN_COLS, RUN_STATE_KIND, RunCols, answer_str,
+    class_code, delta_of, funnel_outcome, funnel_sums, holder_from, move_delta, name_json,
+    next_run_state, permits_json, run_event, state_cols, step_event,
+};
 use super::{
     CaseCommit, CaseFilter, CommitResult, DiffCommit, DiffPhase, DiffResult, EventRecord,
     EventWhat, FunnelCounts, HolderRecord, RunRecord, RunState, Store, StoreError, Versioned,
-    derive_run_state,
 };
-use crate::case::{
-    Answer, Case, CaseId, HistoryEntry, Outcome, PermitItem, RunId, State, StateClass, StepKind,
-    Subject, SubjectName,
-};
-use crate::dates::{from_nanos, parse_date, to_nanos};
+use crate::case::{Case, CaseId, HistoryEntry, PermitItem, RunId, Subject};
+use crate::dates::to_nanos;
 
 /// The schema, one migration per version; never edit a released one, add the next.
 const MIGRATIONS: &[&str] = &[
@@ -107,9 +107,6 @@ CREATE TABLE holders (
 "#,
 ];
 
-/// The event kind of a run state change.
-const RUN_STATE_KIND: &str = "RUN_STATE";
-
 fn db(e: rusqlite::Error) -> StoreError {
     match &e {
         rusqlite::Error::SqliteFailure(f, _)
@@ -125,10 +122,6 @@ fn db(e: rusqlite::Error) -> StoreError {
         }
         _ => StoreError::Backend(e.to_string()),
     }
-}
-
-fn corrupt(what: impl Into<String>) -> StoreError {
-    StoreError::Corrupt(what.into())
 }
 
 /// The SQLite store.
@@ -285,135 +278,31 @@ impl SqliteStore {
     }
 }
 
-// ---- rows ↔ domain -------------------------------------------------------------------
-
-fn class_code(c: StateClass) -> i64 {
-    match c {
-        StateClass::Active => 0,
-        StateClass::Waiting => 1,
-        StateClass::Closed => 2,
-    }
-}
-
-fn state_cols(s: &State) -> (&'static str, i64, Option<i64>, Option<&'static str>) {
-    match s {
-        State::ResolveRecipient => ("resolve_recipient", 0, None, None),
-        State::CheckConsent => ("check_consent", 0, None, None),
-        State::CheckCriteria => ("check_criteria", 0, None, None),
-        State::Notify { attempt } => ("notify", i64::from(*attempt), None, None),
-        State::AwaitAnswer { attempt, deadline } => (
-            "await_answer",
-            i64::from(*attempt),
-            Some(to_nanos(*deadline)),
-            None,
-        ),
-        State::Reissue => ("reissue", 0, None, None),
-        State::Closed(o) => ("closed", 0, None, Some(o.as_str())),
-    }
-}
-
-fn state_from(
-    name: &str,
-    attempt: i64,
-    deadline: Option<i64>,
-    outcome: Option<&str>,
-) -> Result<State, StoreError> {
-    let attempt = u32::try_from(attempt).map_err(|_| corrupt(format!("attempt {attempt}")))?;
-    Ok(match name {
-        "resolve_recipient" => State::ResolveRecipient,
-        "check_consent" => State::CheckConsent,
-        "check_criteria" => State::CheckCriteria,
-        "notify" => State::Notify { attempt },
-        "await_answer" => State::AwaitAnswer {
-            attempt,
-            deadline: from_nanos(
-                deadline.ok_or_else(|| corrupt("await_answer without a deadline"))?,
-            ),
-        },
-        "reissue" => State::Reissue,
-        "closed" => State::Closed(
-            outcome
-                .and_then(Outcome::parse)
-                .ok_or_else(|| corrupt(format!("closed with outcome {outcome:?}")))?,
-        ),
-        other => return Err(corrupt(format!("unknown case state {other:?}"))),
-    })
-}
-
-fn answer_str(a: Option<Answer>) -> Option<&'static str> {
-    a.map(|a| match a {
-        Answer::Agree => "agree",
-        Answer::Refuse => "refuse",
-    })
-}
-
-fn name_json(n: &SubjectName) -> Result<String, StoreError> {
-    serde_json::to_string(n).map_err(|e| corrupt(e.to_string()))
-}
-
-const CASE_COLS: &str = "case_id, run_id, pilot_id, date, subject_tag, subject_id, old_name, new_name, recipient_iin, \
-     state, attempt, deadline, outcome, sms_attempts, answer, failures, opened_at, closed_at, version";
-
-struct CaseRow {
-    case: Case,
-    version: u64,
-}
+// ---- rows ↔ domain (see `rows`) -------------------------------------------------------
 
 fn case_row(r: &Row<'_>) -> rusqlite::Result<Result<CaseRow, StoreError>> {
-    let id: String = r.get(0)?;
-    let run: String = r.get(1)?;
-    let pilot: String = r.get(2)?;
-    let date: String = r.get(3)?;
-    let tag: String = r.get(4)?;
-    let sid: String = r.get(5)?;
-    let old: String = r.get(6)?;
-    let new: String = r.get(7)?;
-    let recipient: Option<String> = r.get(8)?;
-    let state: String = r.get(9)?;
-    let attempt: i64 = r.get(10)?;
-    let deadline: Option<i64> = r.get(11)?;
-    let outcome: Option<String> = r.get(12)?;
-    let sms: i64 = r.get(13)?;
-    let answer: Option<String> = r.get(14)?;
-    let failures: i64 = r.get(15)?;
-    let opened: i64 = r.get(16)?;
-    let closed: Option<i64> = r.get(17)?;
-    let version: i64 = r.get(18)?;
-    Ok((|| {
-        let case = Case {
-            id: CaseId(id.clone()),
-            run_id: RunId(run),
-            pilot_id: pilot,
-            date: parse_date(&date).map_err(corrupt)?,
-            subject: Subject::parse(&tag, &sid)
-                .ok_or_else(|| corrupt(format!("case {id}: subject {tag}:{sid}")))?,
-            old_name: serde_json::from_str(&old)
-                .map_err(|e| corrupt(format!("case {id}: old name: {e}")))?,
-            new_name: serde_json::from_str(&new)
-                .map_err(|e| corrupt(format!("case {id}: new name: {e}")))?,
-            recipient: recipient
-                .map(|s| {
-                    Iin::parse(&s).map_err(|e| corrupt(format!("case {id}: recipient {s}: {e}")))
-                })
-                .transpose()?,
-            permits: vec![],
-            state: state_from(&state, attempt, deadline, outcome.as_deref())?,
-            sms_attempts: u32::try_from(sms).map_err(|_| corrupt("sms_attempts"))?,
-            answer: match answer.as_deref() {
-                None => None,
-                Some("agree") => Some(Answer::Agree),
-                Some("refuse") => Some(Answer::Refuse),
-                Some(other) => return Err(corrupt(format!("case {id}: answer {other:?}"))),
-            },
-            failures: u32::try_from(failures).map_err(|_| corrupt("failures"))?,
-            opened_at: from_nanos(opened),
-            closed_at: closed.map(from_nanos),
-        };
-        Ok(CaseRow {
-            case,
-            version: u64::try_from(version).map_err(|_| corrupt("version"))?,
-        })
-    })())
+    Ok(CaseCols {
+        id: r.get(0)?,
+        run: r.get(1)?,
+        pilot: r.get(2)?,
+        date: r.get(3)?,
+        tag: r.get(4)?,
+        sid: r.get(5)?,
+        old: r.get(6)?,
+        new: r.get(7)?,
+        recipient: r.get(8)?,
+        state: r.get(9)?,
+        attempt: r.get(10)?,
+        deadline: r.get(11)?,
+        outcome: r.get(12)?,
+        sms: r.get(13)?,
+        answer: r.get(14)?,
+        failures: r.get(15)?,
+        opened: r.get(16)?,
+        closed: r.get(17)?,
+        version: r.get(18)?,
+    }
+    .build())
 }
 
 fn load_permits(c: &Connection, case: &mut Case) -> Result<(), StoreError> {
@@ -434,39 +323,22 @@ fn load_permits(c: &Connection, case: &mut Case) -> Result<(), StoreError> {
 }
 
 fn run_row(r: &Row<'_>) -> rusqlite::Result<Result<RunRecord, StoreError>> {
-    let id: String = r.get(0)?;
-    let pilot: String = r.get(1)?;
-    let date: String = r.get(2)?;
-    let state: String = r.get(3)?;
-    let phase: String = r.get(4)?;
-    let started: i64 = r.get(5)?;
-    let finished: Option<i64> = r.get(6)?;
-    let error: Option<String> = r.get(7)?;
-    let diffs: i64 = r.get(8)?;
-    let active: i64 = r.get(9)?;
-    let waiting: i64 = r.get(10)?;
-    let closed: i64 = r.get(11)?;
-    Ok((|| {
-        Ok(RunRecord {
-            date: parse_date(&date).map_err(corrupt)?,
-            state: RunState::parse(&state)
-                .ok_or_else(|| corrupt(format!("run {id}: state {state:?}")))?,
-            phase: DiffPhase::parse(&phase)
-                .ok_or_else(|| corrupt(format!("run {id}: phase {phase:?}")))?,
-            id: RunId(id),
-            pilot_id: pilot,
-            started_at: from_nanos(started),
-            finished_at: finished.map(from_nanos),
-            error,
-            diffs: diffs.max(0) as u64,
-            active: active.max(0) as u64,
-            waiting: waiting.max(0) as u64,
-            closed: closed.max(0) as u64,
-        })
-    })())
+    Ok(RunCols {
+        id: r.get(0)?,
+        pilot: r.get(1)?,
+        date: r.get(2)?,
+        state: r.get(3)?,
+        phase: r.get(4)?,
+        started: r.get(5)?,
+        finished: r.get(6)?,
+        error: r.get(7)?,
+        diffs: r.get(8)?,
+        active: r.get(9)?,
+        waiting: r.get(10)?,
+        closed: r.get(11)?,
+    }
+    .build())
 }
-
-const RUN_COLS: &str = "run_id, pilot_id, date, state, phase, started_at, finished_at, error, diffs, n_active, n_waiting, n_closed";
 
 fn get_run(c: &Connection, id: &str) -> Result<Option<RunRecord>, StoreError> {
     let mut st = c
@@ -479,38 +351,17 @@ fn get_run(c: &Connection, id: &str) -> Result<Option<RunRecord>, StoreError> {
 }
 
 fn event_row(r: &Row<'_>) -> rusqlite::Result<Result<EventRecord, StoreError>> {
-    let seq: i64 = r.get(0)?;
-    let at: i64 = r.get(1)?;
-    let pilot: String = r.get(2)?;
-    let run: String = r.get(3)?;
-    let case: Option<String> = r.get(4)?;
-    let kind: String = r.get(5)?;
-    let attempt: i64 = r.get(6)?;
-    let detail: String = r.get(7)?;
-    Ok((|| {
-        let what = if kind == RUN_STATE_KIND {
-            EventWhat::RunState(
-                RunState::parse(&detail)
-                    .ok_or_else(|| corrupt(format!("event {seq}: {detail:?}")))?,
-            )
-        } else {
-            EventWhat::Step(HistoryEntry {
-                kind: StepKind::parse(&kind)
-                    .ok_or_else(|| corrupt(format!("event {seq}: kind {kind:?}")))?,
-                at: from_nanos(at),
-                attempt: u32::try_from(attempt).map_err(|_| corrupt("attempt"))?,
-                detail,
-            })
-        };
-        Ok(EventRecord {
-            seq: seq as u64,
-            at: from_nanos(at),
-            pilot_id: pilot,
-            run_id: RunId(run),
-            case_id: case.map(CaseId),
-            what,
-        })
-    })())
+    Ok(EventCols {
+        seq: r.get(0)?,
+        at: r.get(1)?,
+        pilot: r.get(2)?,
+        run: r.get(3)?,
+        case: r.get(4)?,
+        kind: r.get(5)?,
+        attempt: r.get(6)?,
+        detail: r.get(7)?,
+    }
+    .build())
 }
 
 fn insert_step(
@@ -535,14 +386,7 @@ fn insert_step(
         h.detail
     ])
     .map_err(db)?;
-    Ok(EventRecord {
-        seq: tx.last_insert_rowid() as u64,
-        at: h.at,
-        pilot_id: pilot.to_owned(),
-        run_id: run.clone(),
-        case_id: Some(case.clone()),
-        what: EventWhat::Step(h.clone()),
-    })
+    Ok(step_event(tx.last_insert_rowid(), pilot, run, case, h))
 }
 
 /// Applies counter deltas and re-derives the run state; writes a run event when it changed.
@@ -563,16 +407,9 @@ fn touch_run(
         .map_err(db)?;
     }
     let rec = get_run(tx, &run.0)?.ok_or_else(|| StoreError::NoRun(run.0.clone()))?;
-    let next = derive_run_state(
-        rec.phase,
-        rec.state == RunState::Failed,
-        rec.active,
-        rec.waiting,
-    );
-    if next == rec.state {
+    let Some((next, finished)) = next_run_state(&rec, at) else {
         return Ok(None);
-    }
-    let finished = matches!(next, RunState::Done | RunState::Failed).then(|| to_nanos(at));
+    };
     tx.prepare_cached("UPDATE runs SET state = ?2, finished_at = ?3 WHERE run_id = ?1")
         .map_err(db)?
         .execute(params![run.0, next.as_str(), finished])
@@ -591,14 +428,7 @@ fn insert_run_event(
         .map_err(db)?
         .execute(params![to_nanos(at), pilot, run.0, RUN_STATE_KIND, state.as_str()])
         .map_err(db)?;
-    Ok(EventRecord {
-        seq: tx.last_insert_rowid() as u64,
-        at,
-        pilot_id: pilot.to_owned(),
-        run_id: run.clone(),
-        case_id: None,
-        what: EventWhat::RunState(state),
-    })
+    Ok(run_event(tx.last_insert_rowid(), pilot, run, state, at))
 }
 
 fn set_cursor_tx(tx: &Connection, name: &str, value: &str) -> Result<(), StoreError> {
@@ -607,12 +437,6 @@ fn set_cursor_tx(tx: &Connection, name: &str, value: &str) -> Result<(), StoreEr
         .execute([name, value])
         .map_err(db)?;
     Ok(())
-}
-
-fn delta_of(c: StateClass, sign: i64) -> [i64; 3] {
-    let mut d = [0; 3];
-    d[class_code(c) as usize] = sign;
-    d
 }
 
 impl Store for SqliteStore {
@@ -875,7 +699,7 @@ impl Store for SqliteStore {
             events.push(insert_step(&tx, &case.pilot_id, &case.run_id, &case.id, h)?);
         }
         if let Some(h) = cc.holder {
-            let permits = serde_json::to_string(&h.permits).map_err(|e| corrupt(e.to_string()))?;
+            let permits = permits_json(&h.permits)?;
             tx.prepare_cached(
                 "INSERT INTO holders (subject_tag, subject_id, name, permits, case_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT(subject_tag, subject_id) DO UPDATE SET name = excluded.name, permits = excluded.permits, \
@@ -889,9 +713,7 @@ impl Store for SqliteStore {
             set_cursor_tx(&tx, name, value)?;
         }
         if old_class != new_class {
-            let mut delta = [0; 3];
-            delta[old_class.clamp(0, 2) as usize] -= 1;
-            delta[new_class as usize] += 1;
+            let delta = move_delta(old_class, new_class);
             events.extend(touch_run(&tx, &case.run_id, delta, 0, cc.at)?);
         }
         tx.commit().map_err(db)?;
@@ -1004,14 +826,7 @@ impl Store for SqliteStore {
                 |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?]),
             )
             .map_err(db)?;
-        let u = |v: i64| v.max(0) as u64;
-        f.with_permits = u(sums[0]);
-        f.recipients = u(sums[1]);
-        f.sms_sent = u(sums[2]);
-        f.sms_resent = u(sums[3]);
-        f.answered_yes = u(sums[4]);
-        f.answered_no = u(sums[5]);
-        f.open = u(sums[6]);
+        funnel_sums(&mut f, sums);
         let mut st = c
             .prepare_cached("SELECT outcome, COUNT(*) FROM cases WHERE run_id = ?1 AND outcome IS NOT NULL GROUP BY outcome")
             .map_err(db)?;
@@ -1022,19 +837,7 @@ impl Store for SqliteStore {
             .map_err(db)?;
         for r in rows {
             let (o, n) = r.map_err(db)?;
-            let n = u(n);
-            match Outcome::parse(&o).ok_or_else(|| corrupt(format!("outcome {o:?}")))? {
-                Outcome::Reissued => f.reissued = n,
-                Outcome::Refused => {}
-                Outcome::NoAnswer => f.no_answer = n,
-                Outcome::NoPhone => f.no_phone = n,
-                Outcome::NoConsent => f.no_consent = n,
-                Outcome::ExcludedDeadOrMissing => f.excluded_dead_or_missing = n,
-                Outcome::ExcludedAbroad => f.excluded_abroad = n,
-                Outcome::ExcludedIncapable => f.excluded_incapable = n,
-                Outcome::ExcludedImprisoned => f.excluded_imprisoned = n,
-                Outcome::Failed => f.failed = n,
-            }
+            funnel_outcome(&mut f, &o, n)?;
         }
         Ok(f)
     }
@@ -1076,478 +879,6 @@ impl Store for SqliteStore {
         let Some((name, permits, case_id, at)) = row else {
             return Ok(None);
         };
-        Ok(Some(HolderRecord {
-            subject: *subject,
-            name: serde_json::from_str(&name).map_err(|e| corrupt(e.to_string()))?,
-            permits: serde_json::from_str(&permits).map_err(|e| corrupt(e.to_string()))?,
-            case_id: CaseId(case_id),
-            updated_at: from_nanos(at),
-        }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::calendar::Calendar;
-    use crate::case::{self, Effect, Event, Opening, PersonFacts, RetryPolicy, consent_scopes};
-    use crate::pilot::PilotCatalog;
-    use jiff::civil::date;
-    use shep_domain::Bin;
-
-    fn bin(n: u32) -> Bin {
-        (n * 20..)
-            .find_map(|s| Bin::from_parts(2015, 3, 4, 0, s))
-            .unwrap()
-    }
-
-    fn iin(n: u16) -> Iin {
-        (n * 20..)
-            .find_map(|s| Iin::from_parts(1980, 5, 5, shep_domain::Sex::Female, s))
-            .unwrap()
-    }
-
-    fn now() -> Timestamp {
-        "2026-02-03T05:00:00Z".parse().unwrap()
-    }
-
-    fn opening(run: &RunId, subject: Subject, permits: usize) -> Opening {
-        Opening {
-            run_id: run.clone(),
-            pilot_id: "sez-000".into(),
-            date: date(2026, 2, 3),
-            subject,
-            old_name: SubjectName::Organization {
-                ru: "ТОО «Старое»".into(),
-                kk: "«Ескі» ЖШС".into(),
-            },
-            new_name: SubjectName::Organization {
-                ru: "ТОО «Новое»".into(),
-                kk: "«Жаңа» ЖШС".into(),
-            },
-            permits: (0..permits)
-                .map(|i| PermitItem {
-                    number: format!("P-{i}"),
-                    service_code: "SEZ-OBJ".into(),
-                    new_number: None,
-                })
-                .collect(),
-        }
-    }
-
-    fn history_of(fx: &[Effect]) -> Vec<HistoryEntry> {
-        fx.iter()
-            .filter_map(|e| {
-                if let Effect::History(h) = e {
-                    Some(h.clone())
-                } else {
-                    None
-                }
-            })
-            .collect()
-    }
-
-    /// Steps a stored case through `event` and commits it.
-    fn apply(
-        s: &SqliteStore,
-        id: &CaseId,
-        ev: Event,
-        cursor: Option<(&str, &str)>,
-    ) -> CommitResult {
-        let pilots = PilotCatalog::shipped().unwrap();
-        let cal = Calendar::shipped().unwrap();
-        let v = s.case(id).unwrap().unwrap();
-        let (next, fx) = case::step(
-            &v.value,
-            ev,
-            now(),
-            pilots.get("sez-000").unwrap(),
-            &cal,
-            &RetryPolicy::default(),
-        );
-        let hist = history_of(&fx);
-        let holder = fx.iter().find_map(|e| {
-            if let Effect::SaveHolder(h) = e {
-                Some(h.clone())
-            } else {
-                None
-            }
-        });
-        s.commit_case(CaseCommit {
-            case: &next,
-            expected_version: v.version,
-            history: &hist,
-            holder: holder.as_ref(),
-            cursor,
-            at: now(),
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn runs_are_created_once_per_pilot_and_date() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("sdu.db")).unwrap();
-        let (r, created, ev) = s.create_run("sez-000", date(2026, 2, 3), now()).unwrap();
-        assert!(created);
-        assert_eq!(r.id.0, "sez-000:2026-02-03");
-        assert_eq!((r.state, r.phase), (RunState::Running, DiffPhase::GbdUl));
-        assert_eq!(ev.len(), 1);
-        let (r2, created, _) = s.create_run("sez-000", date(2026, 2, 3), now()).unwrap();
-        assert!(!created);
-        assert_eq!(r2, r);
-        assert_eq!(s.runs_collecting().unwrap(), vec![r.clone()]);
-        s.set_phase(&r.id, DiffPhase::Done, now()).unwrap();
-        assert_eq!(
-            s.run(&r.id).unwrap().unwrap().state,
-            RunState::Done,
-            "no case, diff read: done"
-        );
-        assert!(s.runs_collecting().unwrap().is_empty());
-    }
-
-    #[test]
-    fn a_case_round_trips_and_commits_are_compare_and_swap() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sdu.db");
-        let s = SqliteStore::open(&path).unwrap();
-        let (run, ..) = s.create_run("sez-000", date(2026, 2, 3), now()).unwrap();
-        let (case, fx) = case::open(opening(&run.id, Subject::Organization(bin(1)), 2), now());
-        let hist = history_of(&fx);
-        let r = s
-            .commit_diff(DiffCommit {
-                run: &run.id,
-                phase: DiffPhase::GbdUl,
-                counted: true,
-                cursor: "c1",
-                opened: Some((&case, &hist)),
-                at: now(),
-            })
-            .unwrap();
-        assert!(r.opened);
-        assert_eq!(r.events.len(), 1);
-        // The same subject again: counted as a diff, no second case.
-        let r = s
-            .commit_diff(DiffCommit {
-                run: &run.id,
-                phase: DiffPhase::GbdUl,
-                counted: true,
-                cursor: "c2",
-                opened: Some((&case, &hist)),
-                at: now(),
-            })
-            .unwrap();
-        assert!(!r.opened);
-        s.commit_diff(DiffCommit {
-            run: &run.id,
-            phase: DiffPhase::GbdUl,
-            counted: true,
-            cursor: "c3",
-            opened: None,
-            at: now(),
-        })
-        .unwrap();
-        assert_eq!(
-            s.cursor(&DiffPhase::GbdUl.cursor_name(&run.id))
-                .unwrap()
-                .as_deref(),
-            Some("c3")
-        );
-
-        let v = s.case(&case.id).unwrap().unwrap();
-        assert_eq!(v.value, case);
-        assert_eq!(v.version, 1);
-        assert_eq!(s.actionable_cases(None, 10).unwrap(), vec![case.id.clone()]);
-
-        assert!(matches!(
-            apply(&s, &case.id, Event::RecipientResolved { iin: iin(1) }, None),
-            CommitResult::Committed(_)
-        ));
-        // A commit from a stale read conflicts and writes nothing.
-        let stale = CaseCommit {
-            case: &case,
-            expected_version: 1,
-            history: &[],
-            holder: None,
-            cursor: Some(("x", "y")),
-            at: now(),
-        };
-        assert_eq!(s.commit_case(stale).unwrap(), CommitResult::Conflict);
-        assert_eq!(s.cursor("x").unwrap(), None);
-
-        apply(
-            &s,
-            &case.id,
-            Event::ConsentObtained {
-                scopes: consent_scopes(crate::pilot::SubjectKind::Organization),
-            },
-            None,
-        );
-        apply(
-            &s,
-            &case.id,
-            Event::PersonChecked(PersonFacts::default()),
-            None,
-        );
-        apply(
-            &s,
-            &case.id,
-            Event::Notified {
-                attempt: 1,
-                sms_id: "sms-1".into(),
-                sent_at: now(),
-            },
-            None,
-        );
-        let v = s.case(&case.id).unwrap().unwrap();
-        let State::AwaitAnswer {
-            attempt: 1,
-            deadline,
-        } = v.value.state
-        else {
-            panic!("{:?}", v.value.state)
-        };
-        assert!(s.actionable_cases(None, 10).unwrap().is_empty());
-        assert!(s.due_timers(now(), 10).unwrap().is_empty());
-        assert_eq!(
-            s.due_timers(deadline, 10).unwrap(),
-            vec![(case.id.clone(), 1)]
-        );
-        let r = s.run(&run.id).unwrap().unwrap();
-        assert_eq!((r.active, r.waiting, r.closed, r.diffs), (0, 1, 0, 3));
-
-        // The answer and the PEP cursor land together.
-        apply(
-            &s,
-            &case.id,
-            Event::Answer {
-                attempt: 1,
-                sms_id: "s".into(),
-                text: "1".into(),
-                received_at: now(),
-            },
-            Some(("pep", "a1")),
-        );
-        assert_eq!(s.cursor("pep").unwrap().as_deref(), Some("a1"));
-        apply(
-            &s,
-            &case.id,
-            Event::Reissued {
-                index: 0,
-                new_number: "N-0".into(),
-            },
-            None,
-        );
-        apply(
-            &s,
-            &case.id,
-            Event::Reissued {
-                index: 1,
-                new_number: "N-1".into(),
-            },
-            None,
-        );
-        let v = s.case(&case.id).unwrap().unwrap();
-        assert_eq!(v.value.state, State::Closed(Outcome::Reissued));
-        assert_eq!(v.value.permits[1].new_number.as_deref(), Some("N-1"));
-        assert_eq!(v.value.answer, Some(Answer::Agree));
-        assert_eq!(v.value.sms_attempts, 1);
-        let h = s.holder(&case.subject).unwrap().unwrap();
-        assert_eq!(
-            h.permits,
-            vec![("P-0".into(), "N-0".into()), ("P-1".into(), "N-1".into())]
-        );
-
-        let kinds: Vec<&str> = s
-            .history(&case.id)
-            .unwrap()
-            .iter()
-            .map(|h| h.kind.as_str())
-            .collect();
-        assert_eq!(
-            kinds,
-            [
-                "OPENED",
-                "RECIPIENT_RESOLVED",
-                "CONSENT_OBTAINED",
-                "CHECKS_PASSED",
-                "SMS_SENT",
-                "ANSWER_RECEIVED",
-                "PERMIT_REISSUED",
-                "PERMIT_REISSUED",
-                "CLOSED"
-            ]
-        );
-        // Diff read + every case closed: the run is done.
-        s.set_phase(&run.id, DiffPhase::Done, now()).unwrap();
-        let r = s.run(&run.id).unwrap().unwrap();
-        assert_eq!((r.state, r.closed), (RunState::Done, 1));
-        assert!(r.finished_at.is_some());
-
-        let f = s.funnel(&run.id).unwrap();
-        assert_eq!(
-            (
-                f.diffs,
-                f.with_permits,
-                f.recipients,
-                f.sms_sent,
-                f.sms_resent,
-                f.answered_yes,
-                f.reissued,
-                f.open
-            ),
-            (3, 1, 1, 1, 0, 1, 1, 0)
-        );
-        // The feed holds every step and run state, in order.
-        let ev = s.events_after(0, 1000).unwrap();
-        assert!(ev.windows(2).all(|w| w[0].seq < w[1].seq));
-        assert_eq!(
-            ev.first().unwrap().what,
-            EventWhat::RunState(RunState::Running)
-        );
-        assert_eq!(ev.last().unwrap().what, EventWhat::RunState(RunState::Done));
-        assert_eq!(s.events_after(ev[2].seq, 2).unwrap(), ev[3..5].to_vec());
-
-        // Reopened: everything is still there.
-        drop(s);
-        let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(
-            s.case(&case.id).unwrap().unwrap().value.state,
-            State::Closed(Outcome::Reissued)
-        );
-        assert_eq!(
-            s.cases(&run.id, CaseFilter::Outcome(Outcome::Reissued), None, 10)
-                .unwrap()
-                .len(),
-            1
-        );
-        assert!(
-            s.cases(&run.id, CaseFilter::Open, None, 10)
-                .unwrap()
-                .is_empty()
-        );
-    }
-
-    #[test]
-    fn listing_pages_by_case_id_and_filters() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("sdu.db")).unwrap();
-        let (run, ..) = s.create_run("sez-000", date(2026, 2, 3), now()).unwrap();
-        let mut ids = vec![];
-        for i in 0..5 {
-            let (case, fx) = case::open(
-                opening(&run.id, Subject::Organization(bin(i + 1)), 1),
-                now(),
-            );
-            let hist = history_of(&fx);
-            s.commit_diff(DiffCommit {
-                run: &run.id,
-                phase: DiffPhase::GbdUl,
-                counted: true,
-                cursor: "c",
-                opened: Some((&case, &hist)),
-                at: now(),
-            })
-            .unwrap();
-            ids.push(case.id);
-        }
-        ids.sort();
-        let p1 = s.cases(&run.id, CaseFilter::All, None, 2).unwrap();
-        let p2 = s
-            .cases(&run.id, CaseFilter::All, Some(&p1[1].id), 10)
-            .unwrap();
-        let all: Vec<CaseId> = p1.iter().chain(&p2).map(|c| c.id.clone()).collect();
-        assert_eq!(all, ids);
-        assert_eq!(
-            s.actionable_cases(Some(&ids[2]), 10).unwrap(),
-            ids[3..].to_vec()
-        );
-        apply(
-            &s,
-            &ids[0],
-            Event::CallFailed {
-                call: case::CallKind::GetOrganization,
-                error: "x".into(),
-                retryable: false,
-            },
-            None,
-        );
-        assert_eq!(
-            s.cases(&run.id, CaseFilter::Outcome(Outcome::Failed), None, 10)
-                .unwrap()
-                .len(),
-            1
-        );
-        assert_eq!(
-            s.cases(&run.id, CaseFilter::Open, None, 10).unwrap().len(),
-            4
-        );
-        assert_eq!(s.funnel(&run.id).unwrap().failed, 1);
-        s.fail_run(&run.id, "GBD UL unreachable", now()).unwrap();
-        let r = s.run(&run.id).unwrap().unwrap();
-        assert_eq!(
-            (r.state, r.error.as_deref()),
-            (RunState::Failed, Some("GBD UL unreachable"))
-        );
-        // Failed stays failed while its open cases move on.
-        apply(&s, &ids[1], Event::RecipientResolved { iin: iin(2) }, None);
-        assert_eq!(s.run(&run.id).unwrap().unwrap().state, RunState::Failed);
-    }
-
-    #[test]
-    fn one_runner_per_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sdu.db");
-        let s = SqliteStore::open(&path).unwrap();
-        let e = SqliteStore::open(&path).unwrap_err();
-        assert!(
-            matches!(&e, StoreError::Locked { holder, .. } if holder.contains(&format!("pid {}", std::process::id()))),
-            "{e}"
-        );
-        assert!(e.to_string().contains("another runner"));
-        drop(s);
-        SqliteStore::open(&path).expect("free again once the first is dropped");
-    }
-
-    #[test]
-    fn a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sdu.db");
-        drop(SqliteStore::open(&path).unwrap());
-        let c = Connection::open(&path).unwrap();
-        c.execute("UPDATE schema_version SET version = 99", [])
-            .unwrap();
-        drop(c);
-        let e = SqliteStore::open(&path).unwrap_err();
-        assert!(
-            matches!(e, StoreError::NewerSchema { found: 99, .. }),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn damaged_rows_are_errors_not_panics() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sdu.db");
-        let s = SqliteStore::open(&path).unwrap();
-        let (run, ..) = s.create_run("sez-000", date(2026, 2, 3), now()).unwrap();
-        let (case, fx) = case::open(opening(&run.id, Subject::Organization(bin(1)), 1), now());
-        s.commit_diff(DiffCommit {
-            run: &run.id,
-            phase: DiffPhase::GbdUl,
-            counted: true,
-            cursor: "c",
-            opened: Some((&case, &history_of(&fx))),
-            at: now(),
-        })
-        .unwrap();
-        s.w()
-            .execute("UPDATE cases SET state = 'dancing'", [])
-            .unwrap();
-        assert!(matches!(s.case(&case.id), Err(StoreError::Corrupt(_))));
-        s.w()
-            .execute("UPDATE cases SET state = 'closed', outcome = 'MAYBE'", [])
-            .unwrap();
-        assert!(matches!(s.case(&case.id), Err(StoreError::Corrupt(_))));
+        holder_from(*subject, &name, &permits, case_id, at).map(Some)
     }
 }

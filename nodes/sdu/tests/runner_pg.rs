@@ -1,0 +1,222 @@
+//! The SDU node on PostgreSQL, against the fake upstream services of `runner.rs`: a daily
+//! run killed mid-way and resumed by a new runner on the same database, without a second
+//! SMS or re-issue, ending with the same outcomes and funnel as the same run on SQLite
+//! without a crash. Each run gets a fresh database (see `pgdb`).
+
+mod fakes;
+mod pgdb;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fakes::{Fakes, MapCountry, bin, date, iin, permit, url};
+use jiff::civil::DateTime;
+use shep_proto::elicense::PermitStatus::Active;
+use shep_runtime::{NodeConfig, Shutdown};
+use shep_sdu::{FunnelCounts, ManualClock, RunState, RunningSdu, SduHandle, SduSettings};
+
+const N: u32 = 16;
+
+fn almaty(s: &str) -> jiff::Timestamp {
+    s.parse::<DateTime>()
+        .unwrap()
+        .to_zoned_datetime(shep_sdu::dates::almaty())
+        .unwrap()
+        .timestamp()
+}
+
+fn run_date() -> jiff::civil::Date {
+    jiff::civil::date(2026, 2, 3)
+}
+
+/// Organizations renamed on the run date, two permits each; even ones answer "1", odd ones
+/// never answer.
+fn crowd() -> MapCountry {
+    let d = date(2026, 2, 3);
+    let mut c = MapCountry::default();
+    for i in 0..N {
+        let b = bin(2000 + i);
+        let h = iin(2000 + i);
+        c.rename(
+            d,
+            &b,
+            Some(&h),
+            vec![
+                permit(&format!("A-{i}"), "SEZ-OBJ", &b, false, Active),
+                permit(&format!("B-{i}"), "SEZ-PROJ", &b, false, Active),
+            ],
+        );
+        if i % 2 == 0 {
+            c.answers.insert((h, 1), "1".into());
+        }
+    }
+    c
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    pki: PathBuf,
+    db: PathBuf,
+    clock: Arc<ManualClock>,
+    fakes: Arc<Fakes>,
+    bus_addr: std::net::SocketAddr,
+    _bus_shutdown: Shutdown,
+}
+
+impl Env {
+    async fn new(db: Option<&str>, delay_ms: u64) -> Env {
+        shep_runtime::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        shep_pki::Pki::init(&pki, shep_pki::DEFAULT_SYSTEMS, false).unwrap();
+        let clock = Arc::new(ManualClock::new(almaty("2026-02-03T09:00:00")));
+        let fakes = Fakes::with_delay(Arc::new(crowd()), clock.clone(), delay_ms);
+        let bus_shutdown = Shutdown::new();
+        let bus = fakes.serve(&pki, bus_shutdown.clone()).await;
+        let bus_addr = bus.addr;
+        tokio::spawn(async move {
+            let _ = bus.wait().await;
+        });
+        let db = db
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.path().join("sdu.db"));
+        Env {
+            _dir: dir,
+            pki,
+            db,
+            clock,
+            fakes,
+            bus_addr,
+            _bus_shutdown: bus_shutdown,
+        }
+    }
+
+    async fn start_sdu(&self) -> Result<RunningSdu, shep_sdu::SduError> {
+        let node = NodeConfig::from_pki_dir("sdu", "127.0.0.1:0".parse().unwrap(), &self.pki);
+        let settings = SduSettings {
+            bus_url: url(self.bus_addr),
+            db: self.db.clone(),
+            concurrency: 4,
+            max_attempts: 3,
+            retry_base_ms: 5,
+            retry_max_ms: 20,
+            call_timeout_ms: 10_000,
+            timer_poll_ms: 20,
+            ..Default::default()
+        };
+        shep_sdu::start(node, settings, self.clock.clone(), Shutdown::new()).await
+    }
+}
+
+/// Waits (up to a generous limit: this is about reaching a state, not about speed) until
+/// `check` holds; panics with `what` otherwise.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..6000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+fn outcomes(h: &SduHandle) -> HashMap<String, String> {
+    h.cases_json("sez-000", run_date())
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.subject_bin.or(r.subject_iin).unwrap(), r.outcome))
+        .collect()
+}
+
+/// Takes the run to its end: the answers, the second SMS to the silent, their deadline.
+async fn finish(env: &Env, h: &SduHandle) -> (HashMap<String, String>, FunnelCounts) {
+    let run = shep_sdu::RunId::of("sez-000", run_date());
+    tokio::time::timeout(Duration::from_secs(60), h.wait_run_settled(&run))
+        .await
+        .expect("the run settles")
+        .expect("wait_run_settled");
+    let reissued = |h: &SduHandle| outcomes(h).values().filter(|o| *o == "REISSUED").count();
+    eventually("every answer taken", || reissued(h) == N as usize / 2).await;
+    env.clock.set(almaty("2026-02-06T09:00:00"));
+    eventually("second SMS sent", || {
+        h.cases_json("sez-000", run_date())
+            .unwrap()
+            .iter()
+            .filter(|r| r.sms_attempts == 2)
+            .count()
+            == N as usize / 2
+    })
+    .await;
+    env.clock.set(almaty("2026-02-12T09:00:00"));
+    eventually("done", || h.run(&run).unwrap().state == RunState::Done).await;
+    (outcomes(h), h.report("sez-000", run_date()).unwrap().counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_killed_runner_is_resumed_without_a_second_sms_or_reissue() {
+    // The reference: the same country on SQLite, without a crash.
+    let (reference, reference_funnel) = {
+        let env = Env::new(None, 0).await;
+        let sdu = env.start_sdu().await.unwrap();
+        sdu.handle.run_daily("sez-000", run_date()).await.unwrap();
+        let r = finish(&env, &sdu.handle).await;
+        sdu.kill().await;
+        r
+    };
+    assert_eq!(
+        reference.values().filter(|o| *o == "NO_ANSWER").count(),
+        N as usize / 2
+    );
+
+    let pg = pgdb::TestDb::new();
+    let env = Env::new(Some(&pg.url), 2).await;
+    // Hold every Notify after the 6th, so calls are in flight when the runner dies.
+    env.fakes.notify_gate.send_replace(Some(6));
+    let sdu = env.start_sdu().await.expect("the SDU starts on PostgreSQL");
+    // A second runner on the same database is refused, naming it without a password.
+    let e = env
+        .start_sdu()
+        .await
+        .err()
+        .expect("a second runner is refused")
+        .to_string();
+    assert!(e.contains("another runner") && e.contains(&pg.url), "{e}");
+
+    let run = sdu.handle.run_daily("sez-000", run_date()).await.unwrap();
+    eventually("calls held in flight", || env.fakes.rec().sent.len() >= 8).await;
+    sdu.kill().await;
+    let sent_before = env.fakes.rec().sent.len();
+    assert!(
+        sent_before < N as usize,
+        "killed mid-way: {sent_before} SMS of {N}"
+    );
+
+    // Restarted on the same database: it resumes the diff from its cursor and every case.
+    env.fakes.notify_gate.send_replace(None);
+    let sdu = env
+        .start_sdu()
+        .await
+        .expect("a new runner takes the database");
+    let h = sdu.handle.clone();
+    let (after, funnel) = finish(&env, &h).await;
+    assert_eq!(after, reference, "the same outcomes as without the crash");
+    assert_eq!(funnel, reference_funnel, "the same funnel as on SQLite");
+    assert_eq!(h.run(&run).unwrap().closed, u64::from(N));
+    {
+        let rec = env.fakes.rec();
+        // No SMS twice: one per case and attempt, attempt 2 only to the silent half.
+        assert_eq!(rec.sent.len(), N as usize + N as usize / 2);
+        // No permit re-issued twice, every one of the agreeing half re-issued.
+        assert_eq!(rec.reissued.len(), N as usize);
+        // The diff was resumed from its durable cursor, not re-read from the start.
+        assert!(rec.diff_streams.len() <= 2, "{:?}", rec.diff_streams);
+        assert!(
+            rec.diff_streams.iter().skip(1).all(|c| !c.is_empty()),
+            "{:?}",
+            rec.diff_streams
+        );
+    }
+    sdu.kill().await;
+}
