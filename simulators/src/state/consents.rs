@@ -146,6 +146,12 @@ impl ConsentState {
         list.push((token_id, expires_at));
     }
 
+    /// The expiries of the tokens remembered for (subject, consumer, scope): those issued
+    /// since the last one that expired (a token of several scopes is under each).
+    pub fn token_expiries(&self, subject: Iin, consumer: &str, scope: &str) -> Vec<i64> {
+        self.tokens.get(&key(subject, consumer, scope)).map_or_else(Vec::new, |l| l.iter().map(|(_, e)| *e).collect())
+    }
+
     /// The revocations, in order.
     pub fn revocations(&self) -> &[Revoked] {
         &self.revocations
