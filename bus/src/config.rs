@@ -481,10 +481,21 @@ impl BusSettings {
         let metrics_listen = format!("{host}:{metrics_port}")
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], metrics_port)));
+        // The SDU's daily run and PEP's SMS are batch work of the platform itself: their
+        // pace is set by their own concurrency, not by the limit meant for consumer systems.
+        let batch = CallerLimits {
+            requests_per_second: 50_000.0,
+            burst: 100_000,
+            max_concurrent: 1024,
+        };
+        let limits = LimitSettings {
+            per_caller: ["sdu", "pep"].into_iter().map(|c| (c.to_string(), batch)).collect(),
+            ..LimitSettings::default()
+        };
         BusSettings {
             systems,
             access,
-            limits: LimitSettings::default(),
+            limits,
             consent: ConsentSettings::default(),
             audit: AuditSettings::default(),
             upstream: UpstreamSettings::default(),

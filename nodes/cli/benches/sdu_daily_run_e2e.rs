@@ -10,6 +10,8 @@
 //! minute. The run starts, the diff is read, SMS go out; the manual clock then moves an hour
 //! at a time until every case is closed.
 //!
+//! `SDU_E2E_AUDIT_SYNC=normal`: the bus's audit log without an fsync per group commit.
+//!
 //! Prints wall time (the diff and the first SMS; then to the last re-issue), cases per
 //! second, the number of bus calls, and the peak resident memory of the process (VmHWM: the
 //! simulators and the bus live in the same process and are included). Not run by
@@ -70,6 +72,10 @@ async fn main() -> anyhow::Result<()> {
     cfg.sim.answers.other = 0.0;
     cfg.sim.answers.max_delay_minutes = 1;
     cfg.sdu.concurrency = concurrency;
+    let normal = std::env::var("SDU_E2E_AUDIT_SYNC").is_ok_and(|v| v == "normal");
+    if normal {
+        cfg.audit_synchronous = shep_bus::config::Synchronous::Normal;
+    }
     cfg.sdu.progress_every_secs = 3600;
     shep_runtime::logging::init(&cfg.log);
 
@@ -78,7 +84,8 @@ async fn main() -> anyhow::Result<()> {
     let started = t0.elapsed();
     println!(
         "SDU daily run end to end through the bus: {people} individuals, {orgs} organizations, \
-         pilot {pilot} for {date}, concurrency {concurrency}"
+         pilot {pilot} for {date}, concurrency {concurrency}, bus audit synchronous={}",
+        if normal { "NORMAL" } else { "FULL" }
     );
     println!("topology up in {:.1} s (country generated, nodes listening)", started.as_secs_f64());
 

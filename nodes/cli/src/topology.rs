@@ -72,6 +72,10 @@ pub struct TopologyConfig {
     /// registries and the bus only, and the SDU runs as its own process (`shep node sdu`,
     /// `clock = "scenario"` to follow a manual clock); the bus still routes to its port.
     pub start_sdu: bool,
+    /// The durability of the default bus's audit log (ignored with a `[bus]` section, which
+    /// says it in `audit.synchronous`): `full` (default: fsync per group commit, a power cut
+    /// loses no answered call's record) or `normal` (a power cut can lose the last ones).
+    pub audit_synchronous: shep_bus::config::Synchronous,
 }
 
 impl Default for TopologyConfig {
@@ -87,6 +91,7 @@ impl Default for TopologyConfig {
             bus: None,
             sdu: SduSettings::default(),
             start_sdu: true,
+            audit_synchronous: shep_bus::config::Synchronous::Full,
         }
     }
 }
@@ -223,6 +228,7 @@ impl Topology {
             None => {
                 let mut s = bus_settings(&chost, &ports);
                 s.audit.path = cfg.data_dir.join("audit.sqlite");
+                s.audit.synchronous = cfg.audit_synchronous;
                 s
             }
         };
