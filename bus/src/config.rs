@@ -591,6 +591,10 @@ mod tests {
         );
         assert!(s.systems["expertiza"].endpoint.is_none());
         assert_eq!(s.metrics_listen.port(), 19000);
+        // Batch work of the platform is not held to a consumer's rate.
+        assert_eq!(s.limits.for_caller("expertiza"), CallerLimits::default());
+        assert!(s.limits.for_caller("sdu").requests_per_second >= 10.0 * CallerLimits::default().requests_per_second);
+        assert_eq!(s.limits.for_caller("pep"), s.limits.for_caller("sdu"));
         // Round trip through TOML: what the CLI writes is what the bus reads.
         let text = toml::to_string(&s).unwrap();
         let back: BusSettings = toml::from_str(&text).unwrap();
