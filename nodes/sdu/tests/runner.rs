@@ -8,22 +8,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fakes::{Fakes, MapCountry, bin, date, iin, permit, url};
+use fakes::{Fakes, MapCountry, almaty, bin, date, iin, permit, url};
 use futures::StreamExt;
-use jiff::civil::DateTime;
 use shep_proto::elicense::PermitStatus::{Active, Revoked};
 use shep_proto::{gbdfl, sdu as pb, zags};
 use shep_runtime::{NodeConfig, Shutdown, TlsConfig};
 use shep_sdu::{ManualClock, RunState, SduHandle, SduSettings};
 use tonic_types::StatusExt;
-
-fn almaty(s: &str) -> jiff::Timestamp {
-    s.parse::<DateTime>()
-        .unwrap()
-        .to_zoned_datetime(shep_sdu::dates::almaty())
-        .unwrap()
-        .timestamp()
-}
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -768,25 +759,7 @@ async fn an_organizations_only_pilot_in_kazakh_ignores_zags() {
 
 /// Many organizations; even ones answer "1", odd ones never answer.
 fn crowd(n: u32) -> MapCountry {
-    let d = date(RUN_DATE.0, RUN_DATE.1, RUN_DATE.2);
-    let mut c = MapCountry::default();
-    for i in 0..n {
-        let b = bin(1000 + i);
-        let h = iin(1000 + i);
-        c.rename(
-            d,
-            &b,
-            Some(&h),
-            vec![
-                permit(&format!("A-{i}"), "SEZ-OBJ", &b, false, Active),
-                permit(&format!("B-{i}"), "SEZ-PROJ", &b, false, Active),
-            ],
-        );
-        if i % 2 == 0 {
-            c.answers.insert((h, 1), "1".into());
-        }
-    }
-    c
+    fakes::crowd(date(RUN_DATE.0, RUN_DATE.1, RUN_DATE.2), 1000, n)
 }
 
 async fn finish_crowd(env: &Env, h: &SduHandle, n: usize) -> HashMap<String, String> {

@@ -11,21 +11,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fakes::{Fakes, MapCountry, bin, date, iin, permit, url};
-use jiff::civil::DateTime;
-use shep_proto::elicense::PermitStatus::Active;
+use fakes::{Fakes, MapCountry, almaty, date, url};
 use shep_runtime::{NodeConfig, Shutdown};
 use shep_sdu::{FunnelCounts, ManualClock, RunState, RunningSdu, SduHandle, SduSettings};
 
 const N: u32 = 16;
-
-fn almaty(s: &str) -> jiff::Timestamp {
-    s.parse::<DateTime>()
-        .unwrap()
-        .to_zoned_datetime(shep_sdu::dates::almaty())
-        .unwrap()
-        .timestamp()
-}
 
 fn run_date() -> jiff::civil::Date {
     jiff::civil::date(2026, 2, 3)
@@ -34,25 +24,7 @@ fn run_date() -> jiff::civil::Date {
 /// Organizations renamed on the run date, two permits each; even ones answer "1", odd ones
 /// never answer.
 fn crowd() -> MapCountry {
-    let d = date(2026, 2, 3);
-    let mut c = MapCountry::default();
-    for i in 0..N {
-        let b = bin(2000 + i);
-        let h = iin(2000 + i);
-        c.rename(
-            d,
-            &b,
-            Some(&h),
-            vec![
-                permit(&format!("A-{i}"), "SEZ-OBJ", &b, false, Active),
-                permit(&format!("B-{i}"), "SEZ-PROJ", &b, false, Active),
-            ],
-        );
-        if i % 2 == 0 {
-            c.answers.insert((h, 1), "1".into());
-        }
-    }
-    c
+    fakes::crowd(date(2026, 2, 3), 2000, N)
 }
 
 struct Env {

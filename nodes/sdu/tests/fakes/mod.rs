@@ -761,6 +761,39 @@ pub fn iin(n: u32) -> String {
     unreachable!("no check digit for IIN {n}")
 }
 
+/// A local date and time ("2026-02-03T09:00:00") in Asia/Almaty, as an instant.
+pub fn almaty(local: &str) -> jiff::Timestamp {
+    local
+        .parse::<jiff::civil::DateTime>()
+        .unwrap()
+        .to_zoned_datetime(shep_sdu::dates::almaty())
+        .unwrap()
+        .timestamp()
+}
+
+/// `n` organizations renamed on `on` (BINs and heads numbered from `first`), two SEZ
+/// permits each; even ones answer "1", odd ones never answer.
+pub fn crowd(on: shep::Date, first: u32, n: u32) -> MapCountry {
+    let mut c = MapCountry::default();
+    for i in 0..n {
+        let b = bin(first + i);
+        let h = iin(first + i);
+        c.rename(
+            on,
+            &b,
+            Some(&h),
+            vec![
+                permit(&format!("A-{i}"), "SEZ-OBJ", &b, false, elicense::PermitStatus::Active),
+                permit(&format!("B-{i}"), "SEZ-PROJ", &b, false, elicense::PermitStatus::Active),
+            ],
+        );
+        if i % 2 == 0 {
+            c.answers.insert((h, 1), "1".into());
+        }
+    }
+    c
+}
+
 pub fn date(y: i32, m: i32, d: i32) -> shep::Date {
     shep::Date {
         year: y,
