@@ -139,6 +139,7 @@ pub(super) fn generate(
     let mut next_birth = 0;
 
     let mut renames = Vec::new();
+    let mut renamed_flag = vec![false; orgs.len()];
     let mut acts: Vec<Act> = Vec::new();
     let mut day = start;
     while day <= today {
@@ -162,13 +163,15 @@ pub(super) fn generate(
         // Organization renames.
         let first_rename = renames.len();
         for _ in 0..daily_count(&mut rng, s.renames_per_day) {
-            let renamed_today = |o: u32, r: &[Rename]| r[first_rename..].iter().any(|x| x.org == o);
+            // A flag per organization, not a scan of the day's renames: a day of 100,000
+            // renames would otherwise take a quadratic time.
+            let renamed_today = |o: u32| renamed_flag[o as usize];
             let eligible = |o: &Org| o.status == OrganizationStatus::Active && o.registered < day;
             let mut org = None;
             if !org_pool.is_empty() && chance(&mut rng, s.pilot_share_of_renames) {
                 for _ in 0..20 {
                     let (o, since) = org_pool[index(&mut rng, org_pool.len())];
-                    if since < day && eligible(&orgs[o as usize]) && !renamed_today(o, &renames) {
+                    if since < day && eligible(&orgs[o as usize]) && !renamed_today(o) {
                         org = Some(o);
                         break;
                     }
@@ -177,7 +180,7 @@ pub(super) fn generate(
             if org.is_none() {
                 for _ in 0..100 {
                     let o = index(&mut rng, orgs.len()) as u32;
-                    if eligible(&orgs[o as usize]) && !renamed_today(o, &renames) {
+                    if eligible(&orgs[o as usize]) && !renamed_today(o) {
                         org = Some(o);
                         break;
                     }
@@ -187,7 +190,11 @@ pub(super) fn generate(
             let old = orgs[o as usize].name;
             let new = random_org_name(&mut rng, old.form, Some(old));
             orgs[o as usize].name = new;
+            renamed_flag[o as usize] = true;
             renames.push(Rename { day, org: o, old, new });
+        }
+        for r in &renames[first_rename..] {
+            renamed_flag[r.org as usize] = false;
         }
         renames[first_rename..].sort_by_key(|r| r.org);
 
