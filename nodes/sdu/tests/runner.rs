@@ -5,118 +5,25 @@ mod fakes;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use fakes::{Fakes, MapCountry, almaty, bin, date, iin, permit, url};
+use fakes::{Env, MapCountry, almaty, bin, date, eventually, iin, outcomes, permit, settled, url};
 use futures::StreamExt;
 use shep_proto::elicense::PermitStatus::{Active, Revoked};
 use shep_proto::{gbdfl, sdu as pb, zags};
 use shep_runtime::{NodeConfig, Shutdown, TlsConfig};
-use shep_sdu::{ManualClock, RunState, SduHandle, SduSettings};
+use shep_sdu::{RunState, SduHandle};
 use tonic_types::StatusExt;
 
-struct Env {
-    _dir: tempfile::TempDir,
-    pki: std::path::PathBuf,
-    db: std::path::PathBuf,
-    clock: Arc<ManualClock>,
-    fakes: Arc<Fakes>,
-    bus_addr: std::net::SocketAddr,
-    bus_shutdown: Shutdown,
-}
-
-impl Env {
-    async fn new(country: MapCountry, start: &str, delay_ms: u64) -> Env {
-        shep_runtime::install_crypto_provider();
-        let dir = tempfile::tempdir().unwrap();
-        let pki = dir.path().join("pki");
-        shep_pki::Pki::init(&pki, shep_pki::DEFAULT_SYSTEMS, false).unwrap();
-        let clock = Arc::new(ManualClock::new(almaty(start)));
-        let fakes = Fakes::with_delay(Arc::new(country), clock.clone(), delay_ms);
-        let bus_shutdown = Shutdown::new();
-        let bus = fakes.serve(&pki, bus_shutdown.clone()).await;
-        let bus_addr = bus.addr;
-        tokio::spawn(async move {
-            let _ = bus.wait().await;
-        });
-        let db = dir.path().join("state").join("sdu.db");
-        Env {
-            _dir: dir,
-            pki,
-            db,
-            clock,
-            fakes,
-            bus_addr,
-            bus_shutdown,
-        }
-    }
-
-    fn settings(&self, concurrency: usize) -> SduSettings {
-        SduSettings {
-            bus_url: url(self.bus_addr),
-            db: self.db.clone(),
-            concurrency,
-            max_attempts: 3,
-            retry_base_ms: 5,
-            retry_max_ms: 20,
-            call_timeout_ms: 10_000,
-            timer_poll_ms: 20,
-            ..Default::default()
-        }
-    }
-
-    async fn start_sdu(
-        &self,
-        concurrency: usize,
-    ) -> Result<shep_sdu::RunningSdu, shep_sdu::SduError> {
-        let node = NodeConfig::from_pki_dir("sdu", "127.0.0.1:0".parse().unwrap(), &self.pki);
-        shep_sdu::start(
-            node,
-            self.settings(concurrency),
-            self.clock.clone(),
-            Shutdown::new(),
-        )
-        .await
-    }
-
-    fn client(
-        &self,
-        addr: std::net::SocketAddr,
-    ) -> pb::proactive_service_client::ProactiveServiceClient<tonic::transport::Channel> {
-        let tls = TlsConfig::from_pki_dir(&self.pki, "operator");
-        pb::proactive_service_client::ProactiveServiceClient::new(
-            shep_runtime::tls::channel(&tls, &url(addr)).unwrap(),
-        )
-    }
-}
-
-/// `wait_run_settled`, bounded: a run that never settles fails the test instead of hanging.
-async fn settled(h: &SduHandle, run: &shep_sdu::RunId) -> shep_sdu::RunRecord {
-    tokio::time::timeout(Duration::from_secs(60), h.wait_run_settled(run))
-        .await
-        .expect("the run settles")
-        .expect("wait_run_settled")
-}
-
-/// Waits (up to a generous limit: this is about reaching a state, not about speed) until
-/// `check` holds; panics with `what` otherwise.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..3000 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
-}
-
-fn outcomes(h: &SduHandle, pilot: &str, d: jiff::civil::Date) -> HashMap<String, String> {
-    h.cases_json(pilot, d)
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.subject_bin.or(r.subject_iin).unwrap(), r.outcome))
-        .collect()
+/// A gRPC client of the SDU node at `addr`, as the operator.
+fn client(
+    env: &Env,
+    addr: std::net::SocketAddr,
+) -> pb::proactive_service_client::ProactiveServiceClient<tonic::transport::Channel> {
+    let tls = TlsConfig::from_pki_dir(&env.pki, "operator");
+    pb::proactive_service_client::ProactiveServiceClient::new(
+        shep_runtime::tls::channel(&tls, &url(addr)).unwrap(),
+    )
 }
 
 const RUN_DATE: (i32, i32, i32) = (2026, 2, 3);
@@ -295,7 +202,7 @@ async fn every_outcome_through_the_bus_and_the_service() {
         .to_string();
     assert!(e.contains("in use by another runner"), "{e}");
 
-    let mut api = env.client(sdu.addr);
+    let mut api = client(&env, sdu.addr);
     let rsp = api
         .run_daily(pb::RunDailyRequest {
             pilot_id: "sez-000".into(),

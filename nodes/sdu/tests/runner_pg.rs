@@ -8,12 +8,9 @@ mod pgdb;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
-use fakes::{Fakes, MapCountry, almaty, date, url};
-use shep_runtime::{NodeConfig, Shutdown};
-use shep_sdu::{FunnelCounts, ManualClock, RunState, RunningSdu, SduHandle, SduSettings};
+use fakes::{Env, MapCountry, almaty, date, eventually, settled};
+use shep_sdu::{FunnelCounts, RunState, SduHandle};
 
 const N: u32 = 16;
 
@@ -27,88 +24,24 @@ fn crowd() -> MapCountry {
     fakes::crowd(date(2026, 2, 3), 2000, N)
 }
 
-struct Env {
-    _dir: tempfile::TempDir,
-    pki: PathBuf,
-    db: PathBuf,
-    clock: Arc<ManualClock>,
-    fakes: Arc<Fakes>,
-    bus_addr: std::net::SocketAddr,
-    _bus_shutdown: Shutdown,
-}
-
-impl Env {
-    async fn new(db: Option<&str>, delay_ms: u64) -> Env {
-        shep_runtime::install_crypto_provider();
-        let dir = tempfile::tempdir().unwrap();
-        let pki = dir.path().join("pki");
-        shep_pki::Pki::init(&pki, shep_pki::DEFAULT_SYSTEMS, false).unwrap();
-        let clock = Arc::new(ManualClock::new(almaty("2026-02-03T09:00:00")));
-        let fakes = Fakes::with_delay(Arc::new(crowd()), clock.clone(), delay_ms);
-        let bus_shutdown = Shutdown::new();
-        let bus = fakes.serve(&pki, bus_shutdown.clone()).await;
-        let bus_addr = bus.addr;
-        tokio::spawn(async move {
-            let _ = bus.wait().await;
-        });
-        let db = db
-            .map(PathBuf::from)
-            .unwrap_or_else(|| dir.path().join("sdu.db"));
-        Env {
-            _dir: dir,
-            pki,
-            db,
-            clock,
-            fakes,
-            bus_addr,
-            _bus_shutdown: bus_shutdown,
-        }
+/// The world of `runner.rs` with the crowd; the SDU's state in PostgreSQL at `db` (a URL),
+/// or in a SQLite file without one.
+async fn env(db: Option<&str>, delay_ms: u64) -> Env {
+    let mut env = Env::new(crowd(), "2026-02-03T09:00:00", delay_ms).await;
+    if let Some(url) = db {
+        env.db = PathBuf::from(url);
     }
-
-    async fn start_sdu(&self) -> Result<RunningSdu, shep_sdu::SduError> {
-        let node = NodeConfig::from_pki_dir("sdu", "127.0.0.1:0".parse().unwrap(), &self.pki);
-        let settings = SduSettings {
-            bus_url: url(self.bus_addr),
-            db: self.db.clone(),
-            concurrency: 4,
-            max_attempts: 3,
-            retry_base_ms: 5,
-            retry_max_ms: 20,
-            call_timeout_ms: 10_000,
-            timer_poll_ms: 20,
-            ..Default::default()
-        };
-        shep_sdu::start(node, settings, self.clock.clone(), Shutdown::new()).await
-    }
-}
-
-/// Waits (up to a generous limit: this is about reaching a state, not about speed) until
-/// `check` holds; panics with `what` otherwise.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..6000 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
+    env
 }
 
 fn outcomes(h: &SduHandle) -> HashMap<String, String> {
-    h.cases_json("sez-000", run_date())
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.subject_bin.or(r.subject_iin).unwrap(), r.outcome))
-        .collect()
+    fakes::outcomes(h, "sez-000", run_date())
 }
 
 /// Takes the run to its end: the answers, the second SMS to the silent, their deadline.
 async fn finish(env: &Env, h: &SduHandle) -> (HashMap<String, String>, FunnelCounts) {
     let run = shep_sdu::RunId::of("sez-000", run_date());
-    tokio::time::timeout(Duration::from_secs(60), h.wait_run_settled(&run))
-        .await
-        .expect("the run settles")
-        .expect("wait_run_settled");
+    settled(h, &run).await;
     let reissued = |h: &SduHandle| outcomes(h).values().filter(|o| *o == "REISSUED").count();
     eventually("every answer taken", || reissued(h) == N as usize / 2).await;
     env.clock.set(almaty("2026-02-06T09:00:00"));
@@ -130,8 +63,8 @@ async fn finish(env: &Env, h: &SduHandle) -> (HashMap<String, String>, FunnelCou
 async fn on_postgres_a_killed_runner_is_resumed_without_a_second_sms_or_reissue() {
     // The reference: the same country on SQLite, without a crash.
     let (reference, reference_funnel) = {
-        let env = Env::new(None, 0).await;
-        let sdu = env.start_sdu().await.unwrap();
+        let env = env(None, 0).await;
+        let sdu = env.start_sdu(4).await.unwrap();
         sdu.handle.run_daily("sez-000", run_date()).await.unwrap();
         let r = finish(&env, &sdu.handle).await;
         sdu.kill().await;
@@ -143,13 +76,13 @@ async fn on_postgres_a_killed_runner_is_resumed_without_a_second_sms_or_reissue(
     );
 
     let pg = pgdb::TestDb::new();
-    let env = Env::new(Some(&pg.url), 2).await;
+    let env = env(Some(&pg.url), 2).await;
     // Hold every Notify after the 6th, so calls are in flight when the runner dies.
     env.fakes.notify_gate.send_replace(Some(6));
-    let sdu = env.start_sdu().await.expect("the SDU starts on PostgreSQL");
+    let sdu = env.start_sdu(4).await.expect("the SDU starts on PostgreSQL");
     // A second runner on the same database is refused, naming it without a password.
     let e = env
-        .start_sdu()
+        .start_sdu(4)
         .await
         .err()
         .expect("a second runner is refused")
@@ -168,7 +101,7 @@ async fn on_postgres_a_killed_runner_is_resumed_without_a_second_sms_or_reissue(
     // Restarted on the same database: it resumes the diff from its cursor and every case.
     env.fakes.notify_gate.send_replace(None);
     let sdu = env
-        .start_sdu()
+        .start_sdu(4)
         .await
         .expect("a new runner takes the database");
     let h = sdu.handle.clone();

@@ -761,6 +761,89 @@ pub fn iin(n: u32) -> String {
     unreachable!("no check digit for IIN {n}")
 }
 
+/// A test world: a dev PKI, the fakes behind one mTLS "bus", a manual clock, and where the
+/// SDU keeps its state (a SQLite file by default; a test may point `db` elsewhere).
+pub struct Env {
+    _dir: tempfile::TempDir,
+    pub pki: std::path::PathBuf,
+    pub db: std::path::PathBuf,
+    pub clock: Arc<ManualClock>,
+    pub fakes: Arc<Fakes>,
+    pub bus_addr: SocketAddr,
+    pub bus_shutdown: Shutdown,
+}
+
+impl Env {
+    /// The fakes serving `country`, the clock at `start` (Almaty local time), each answer
+    /// `delay_ms` late.
+    pub async fn new(country: MapCountry, start: &str, delay_ms: u64) -> Env {
+        shep_runtime::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        shep_pki::Pki::init(&pki, shep_pki::DEFAULT_SYSTEMS, false).unwrap();
+        let clock = Arc::new(ManualClock::new(almaty(start)));
+        let fakes = Fakes::with_delay(Arc::new(country), clock.clone(), delay_ms);
+        let bus_shutdown = Shutdown::new();
+        let bus = fakes.serve(&pki, bus_shutdown.clone()).await;
+        let bus_addr = bus.addr;
+        tokio::spawn(async move {
+            let _ = bus.wait().await;
+        });
+        let db = dir.path().join("state").join("sdu.db");
+        Env { _dir: dir, pki, db, clock, fakes, bus_addr, bus_shutdown }
+    }
+
+    /// Settings for tests: short retries and timer polls.
+    pub fn settings(&self, concurrency: usize) -> shep_sdu::SduSettings {
+        shep_sdu::SduSettings {
+            bus_url: url(self.bus_addr),
+            db: self.db.clone(),
+            concurrency,
+            max_attempts: 3,
+            retry_base_ms: 5,
+            retry_max_ms: 20,
+            call_timeout_ms: 10_000,
+            timer_poll_ms: 20,
+            ..Default::default()
+        }
+    }
+
+    /// Starts an SDU node on the world's database.
+    pub async fn start_sdu(&self, concurrency: usize) -> Result<shep_sdu::RunningSdu, shep_sdu::SduError> {
+        let node = NodeConfig::from_pki_dir("sdu", "127.0.0.1:0".parse().unwrap(), &self.pki);
+        shep_sdu::start(node, self.settings(concurrency), self.clock.clone(), Shutdown::new()).await
+    }
+}
+
+/// `wait_run_settled`, bounded: a run that never settles fails the test instead of hanging.
+pub async fn settled(h: &shep_sdu::SduHandle, run: &shep_sdu::RunId) -> shep_sdu::RunRecord {
+    tokio::time::timeout(std::time::Duration::from_secs(60), h.wait_run_settled(run))
+        .await
+        .expect("the run settles")
+        .expect("wait_run_settled")
+}
+
+/// Waits (up to a generous minute: this is about reaching a state, not about speed) until
+/// `check` holds; panics with `what` otherwise.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..6000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// The outcome of every case of a run, by subject (BIN or IIN).
+pub fn outcomes(h: &shep_sdu::SduHandle, pilot: &str, d: jiff::civil::Date) -> HashMap<String, String> {
+    h.cases_json(pilot, d)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.subject_bin.or(r.subject_iin).unwrap(), r.outcome))
+        .collect()
+}
+
 /// A local date and time ("2026-02-03T09:00:00") in Asia/Almaty, as an instant.
 pub fn almaty(local: &str) -> jiff::Timestamp {
     local
