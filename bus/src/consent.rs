@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use shep_consent::{Claims, Refusal, Verifier};
 use shep_proto::kdp;
 use shep_proto::kdp::consent_service_client::ConsentServiceClient;
-use tonic::transport::Channel;
+use crate::upstream_client::UpstreamClient;
 
 /// The revocations received from KDP that can still matter.
 ///
@@ -535,7 +535,7 @@ pub fn spawn_kdp_tasks(
 }
 
 async fn follow_once(
-    channel: &Channel,
+    channel: &UpstreamClient,
     state: &ConsentState,
     cursor: &mut String,
     caught_up: &mut bool,

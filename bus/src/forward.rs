@@ -35,7 +35,6 @@ use http_body_util::BodyExt;
 use shep_runtime::Caller;
 use tokio::time::Sleep;
 use tonic::Code;
-use tower::ServiceExt;
 
 use crate::gate::{CALLER_HEADER, CallGuard, Core, MESSAGE_ID_HEADER, Refused, Seen, reason_of};
 use crate::policy::MethodPolicy;
@@ -67,37 +66,6 @@ impl tower::Service<http::Request<axum::body::Body>> for Gateway {
         let core = self.core.clone();
         Box::pin(async move { Ok(handle(core, req).await) })
     }
-}
-
-/// Connects (lazily) to an upstream with mutual TLS, presenting the bus's certificate.
-pub fn connect(
-    tls: &shep_runtime::TlsConfig,
-    endpoint: &str,
-    settings: &crate::config::UpstreamSettings,
-) -> Result<tonic::transport::Channel, String> {
-    let uri: http::Uri = endpoint
-        .parse()
-        .map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?;
-    let host = uri
-        .host()
-        .unwrap_or("localhost")
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let client_tls = shep_runtime::tls::client_tls(tls, &host).map_err(|e| e.to_string())?;
-    let ep = tonic::transport::Endpoint::from(uri)
-        .tls_config(client_tls)
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        // Fixed windows, large enough for the largest message: no BDP probing (a PING per
-        // round trip of data, as adaptive windows do, costs frames and writes on every call).
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(16 << 20));
-    Ok(ep.connect_lazy())
 }
 
 /// What the checks established before forwarding.
@@ -588,7 +556,7 @@ async fn forward(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let fut = channel.oneshot(req);
+    let fut = channel.send(req);
     let res = match wait_until {
         Some(t) => match tokio::time::timeout_at(t.into(), fut).await {
             Ok(r) => r,
@@ -641,7 +609,7 @@ async fn forward(
                 .unwrap_or_default()
         };
         return match guard.complete(code, &reason, 0).await {
-            Ok(()) => resp,
+            Ok(()) => resp.map(tonic::body::Body::new),
             Err(st) => wire::status_response(st),
         };
     }
@@ -679,7 +647,7 @@ type Finishing = Pin<Box<dyn Future<Output = (HeaderMap, bool)> + Send>>;
 /// trailers, or the bus's status when the stream broke, the deadline passed or a message
 /// was too large) waits for the completion record.
 struct ResponseBody {
-    inner: Option<tonic::body::Body>,
+    inner: Option<hyper::body::Incoming>,
     upstream: Upstream,
     deadline: Option<Pin<Box<Sleep>>>,
     scan: FrameScanner,
@@ -842,7 +810,7 @@ impl HttpBody for ResponseBody {
                     let r = taken(&this.slot).unwrap_or_else(|| {
                         upstream_unavailable(
                             &this.upstream,
-                            &format!("the response stream broke: {}", status.message()),
+                            &format!("the response stream broke: {}", error_chain(&status)),
                         )
                     });
                     this.finish_with(r);

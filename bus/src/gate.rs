@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use prost_reflect::DynamicMessage;
 use tonic::Code;
-use tonic::transport::Channel;
+use crate::upstream_client::UpstreamClient;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::access::AccessMatrix;
@@ -465,8 +465,8 @@ impl Core {
         Ok((subs, used))
     }
 
-    /// The mutual-TLS channel to an upstream system.
-    pub fn channel(&self, system: &str) -> Option<Channel> {
+    /// The mutual-TLS client of an upstream system.
+    pub fn channel(&self, system: &str) -> Option<UpstreamClient> {
         self.upstreams.get(system)
     }
 

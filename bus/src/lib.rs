@@ -49,6 +49,7 @@ pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod routing;
+pub mod upstream_client;
 pub mod upstreams;
 pub mod wire;
 

@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tonic::transport::Channel;
 
 use crate::config::{BusSettings, UpstreamSettings};
+use crate::upstream_client::UpstreamClient;
 
 /// The channels by system id; cheap to clone.
 #[derive(Clone)]
 pub struct Upstreams {
-    current: Arc<ArcSwap<HashMap<String, Channel>>>,
+    current: Arc<ArcSwap<HashMap<String, UpstreamClient>>>,
     tls: shep_runtime::TlsConfig,
     /// (system, endpoint) of every system with an endpoint.
     endpoints: Arc<Vec<(String, String)>>,
@@ -45,7 +45,7 @@ impl Upstreams {
     }
 
     /// The current channel to `system`.
-    pub fn get(&self, system: &str) -> Option<Channel> {
+    pub fn get(&self, system: &str) -> Option<UpstreamClient> {
         self.current.load().get(system).cloned()
     }
 
@@ -96,11 +96,11 @@ fn build(
     tls: &shep_runtime::TlsConfig,
     endpoints: &[(String, String)],
     settings: &UpstreamSettings,
-) -> Result<HashMap<String, Channel>, String> {
+) -> Result<HashMap<String, UpstreamClient>, String> {
     endpoints
         .iter()
         .map(|(id, ep)| {
-            crate::forward::connect(tls, ep, settings)
+            UpstreamClient::new(tls, ep, settings)
                 .map(|ch| (id.clone(), ch))
                 .map_err(|e| format!("bus.systems.{id}: {e}"))
         })
