@@ -12,10 +12,14 @@
 //!   (installed with `apt-get install -y nginx` when missing, run as a child process with
 //!   `-p`/`-c` and `daemon off`; reported as unavailable when it cannot be installed).
 //!
+//! Each target is measured twice: saturated, at a fixed number of calls in flight (the
+//! throughput, and latency with queueing), then one call at a time (the latency a hop adds
+//! when nothing queues: "p50 added" against (a)).
+//!
 //! Prints calls/s, p50, p99, CPU seconds per 10k calls (this process — client, upstream and
 //! bus — from `/proc/self/stat`; nginx's master and workers from theirs) and the ratios to
 //! (a) and (c). Takes about a minute. Knobs: `SHEP_BENCH_CONCURRENCY` (32),
-//! `SHEP_BENCH_SECONDS` (10), `SHEP_BENCH_WARMUP` (2), `SHEP_BENCH_ONLY` (`a`, `b`,
+//! `SHEP_BENCH_SECONDS` (10), `SHEP_BENCH_WARMUP` (2), `SHEP_BENCH_SERIAL_SECONDS` (3), `SHEP_BENCH_ONLY` (`a`, `b`,
 //! `b'` or `c`: one target, for profiling), `SHEP_BENCH_SUBJECTS` (1000: distinct subjects and
 //! tokens, cycled through).
 //!
@@ -187,6 +191,30 @@ async fn load(
         cpu_self: s1 - s0,
         cpu_other: o0.zip(o1).map(|(a, b)| b - a),
     })
+}
+
+/// The two loads of one target: saturated (`concurrency` calls in flight), then one call
+/// at a time (the hop's own latency, without queueing).
+struct Both {
+    loaded: Result<Stats, String>,
+    serial: Result<Stats, String>,
+}
+
+async fn both(
+    ch: Channel,
+    subjects: Arc<Vec<(String, String)>>,
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+    serial: Duration,
+    other_pid: Option<u32>,
+) -> Both {
+    let loaded = load(ch.clone(), subjects.clone(), concurrency, warmup, measure, other_pid).await;
+    let serial = match &loaded {
+        Err(e) => Err(e.clone()),
+        Ok(_) => load(ch, subjects, 1, Duration::from_millis(500), serial, other_pid).await,
+    };
+    Both { loaded, serial }
 }
 
 fn nginx_binary() -> Option<PathBuf> {
@@ -409,6 +437,7 @@ async fn run() {
     let concurrency = env_u64("SHEP_BENCH_CONCURRENCY", 32) as usize;
     let measure = Duration::from_secs(env_u64("SHEP_BENCH_SECONDS", 10));
     let warmup = Duration::from_secs(env_u64("SHEP_BENCH_WARMUP", 2));
+    let serial = Duration::from_secs(env_u64("SHEP_BENCH_SERIAL_SECONDS", 3));
     let w = world(shep_bus::config::Synchronous::Full).await;
     let subjects = Arc::new(subjects_of(&w));
     let gbdfl_endpoint = w.settings.systems["gbd-fl"].endpoint.clone().unwrap();
@@ -424,17 +453,21 @@ async fn run() {
     // SHEP_BENCH_ONLY=a|b|c runs one target (for profiling).
     let only = std::env::var("SHEP_BENCH_ONLY").unwrap_or_default();
     let run_it = |t: &str| only.is_empty() || only == t;
-    let skipped = || Err::<Stats, String>("skipped (SHEP_BENCH_ONLY)".into());
+    let skipped = || Both {
+        loaded: Err("skipped (SHEP_BENCH_ONLY)".into()),
+        serial: Err("skipped (SHEP_BENCH_ONLY)".into()),
+    };
     eprintln!("(a) direct ...");
     let direct = if !run_it("a") {
         skipped()
     } else {
-        load(
+        both(
             shep_runtime::tls::channel(&sdu_tls, &gbdfl_endpoint).unwrap(),
             subjects.clone(),
             concurrency,
             warmup,
             measure,
+            serial,
             None,
         )
         .await
@@ -443,12 +476,13 @@ async fn run() {
     let bus = if !run_it("b") {
         skipped()
     } else {
-        load(
+        both(
             w.client("sdu"),
             subjects.clone(),
             concurrency,
             warmup,
             measure,
+            serial,
             None,
         )
         .await
@@ -461,7 +495,16 @@ async fn run() {
     } else {
         let w2 = world(shep_bus::config::Synchronous::Normal).await;
         let subjects2 = Arc::new(subjects_of(&w2));
-        let r = load(w2.client("sdu"), subjects2, concurrency, warmup, measure, None).await;
+        let r = both(
+            w2.client("sdu"),
+            subjects2,
+            concurrency,
+            warmup,
+            measure,
+            serial,
+            None,
+        )
+        .await;
         let v = shep_bus::audit::verify(&w2.audit_path()).unwrap();
         assert!(v.intact, "the NORMAL bus's audit chain verifies");
         w2.shutdown.trigger();
@@ -478,28 +521,34 @@ async fn run() {
                     shep_runtime::tls::channel(&sdu_tls, &format!("https://127.0.0.1:{}", ng.port))
                         .unwrap();
                 let pid = ng.child.id();
-                let r = load(
+                let r = both(
                     ch,
                     subjects.clone(),
                     concurrency,
                     warmup,
                     measure,
+                    serial,
                     Some(pid),
                 )
                 .await;
                 drop(ng);
                 r
             }
-            Err(e) => Err(e),
+            Err(e) => Both {
+                loaded: Err(e.clone()),
+                serial: Err(e),
+            },
         }
     };
 
-    let rows = [
+    let all = [
         ("(a) direct", &direct),
         ("(b) bus", &bus),
         ("(b') bus", &bus_normal),
         ("(c) nginx", &nginx),
     ];
+    let rows = all.map(|(n, b)| (n, &b.loaded));
+    let (direct, nginx) = (&direct.loaded, &nginx.loaded);
     println!();
     println!(
         "{:<11} {:>9} {:>8} {:>8} {:>14} {:>15}   {:<27} {:<27}",
@@ -532,8 +581,8 @@ async fn run() {
                 ms(s.p99),
                 s.cpu_total_per_10k(),
                 s.cpu_self_per_10k(),
-                ratio(s, &direct),
-                ratio(s, &nginx),
+                ratio(s, direct),
+                ratio(s, nginx),
                 if s.errors > 0 {
                     format!("  ({} errors)", s.errors)
                 } else {
@@ -543,13 +592,13 @@ async fn run() {
             Err(e) => println!("{name:<11} unavailable: {e}"),
         }
     }
-    if let (Ok(a), Ok(b)) = (&direct, &bus) {
+    if let (Ok(a), Ok(b)) = (direct, &bus.loaded) {
         println!(
             "\nthe bus's own CPU per 10k calls (b − a, this process): {:.3} s",
             b.cpu_self_per_10k() - a.cpu_self_per_10k()
         );
     }
-    if let (Ok(a), Ok(c)) = (&direct, &nginx) {
+    if let (Ok(a), Ok(c)) = (direct, nginx) {
         println!(
             "nginx's CPU per 10k calls (its processes, plus this process's change vs (a)): {:.3} s",
             c.cpu_total_per_10k() - a.cpu_self_per_10k()
@@ -562,6 +611,28 @@ async fn run() {
          synchronous=FULL (one fsync per batch: a power cut loses nothing answered), (b') with synchronous=NORMAL \
          (no fsync per batch: a bus crash loses nothing, a power cut can lose the last batches)."
     );
+    println!(
+        "\none call at a time ({}s per target): the latency a hop adds when nothing queues",
+        serial.as_secs()
+    );
+    println!(
+        "{:<11} {:>9} {:>8} {:>8} {:>14}",
+        "target", "calls/s", "p50 ms", "p99 ms", "p50 added ms"
+    );
+    let base = all[0].1.serial.as_ref().ok().map(|s| ms(s.p50));
+    for (name, b) in all {
+        match &b.serial {
+            Ok(s) => println!(
+                "{:<11} {:>9.0} {:>8.3} {:>8.3} {:>14}",
+                name,
+                s.rate(),
+                ms(s.p50),
+                ms(s.p99),
+                base.map_or("-".into(), |a| format!("{:.3}", ms(s.p50) - a))
+            ),
+            Err(e) => println!("{name:<11} unavailable: {e}"),
+        }
+    }
     let v = shep_bus::audit::verify(&w.audit_path()).unwrap();
     println!(
         "audit after the run: {} records, intact: {}",
