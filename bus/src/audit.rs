@@ -513,7 +513,7 @@ impl AuditLog {
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(sqlite(&path))?;
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
-        let checkpointing = checkpointer(path.clone(), settings.busy_timeout_ms, woken).is_ok();
+        let checkpointing = std::env::var_os("SHEP_AB_INLINE").is_none() && checkpointer(path.clone(), settings.busy_timeout_ms, woken).is_ok();
         if !checkpointing {
             conn.execute_batch("PRAGMA wal_autocheckpoint=1000;")
                 .map_err(sqlite(&path))?;

@@ -92,6 +92,7 @@ macro_rules! contract {
 contract!(
     runs_are_created_once_per_pilot_and_date,
     a_case_round_trips_and_commits_are_compare_and_swap,
+    a_batch_of_commits_applies_in_order_up_to_the_first_conflict,
     listing_pages_by_case_id_and_filters,
     one_runner_per_database,
     a_newer_schema_is_refused,
@@ -180,6 +181,72 @@ fn apply(s: &dyn Store, id: &CaseId, ev: Event, cursor: Option<(&str, &str)>) ->
         at: now(),
     })
     .unwrap()
+}
+
+fn a_batch_of_commits_applies_in_order_up_to_the_first_conflict(b: &dyn Backend) {
+    let store = b.open().unwrap();
+    let s = store.as_ref();
+    let (run, ..) = s.create_run("sez-000", date(2026, 2, 3), now()).unwrap();
+    let mut cases = vec![];
+    for n in 1..=4 {
+        let (case, fx) = case::open(opening(&run.id, Subject::Organization(bin(n)), 1), now());
+        let hist = history_of(&fx);
+        s.commit_diff(DiffCommit {
+            run: &run.id,
+            phase: DiffPhase::GbdUl,
+            counted: true,
+            cursor: "d",
+            opened: Some((&case, &hist)),
+            at: now(),
+        })
+        .unwrap();
+        cases.push(case);
+    }
+    let resolved: Vec<(Case, Vec<HistoryEntry>)> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let (next, fx) = case::step(
+                c,
+                Event::RecipientResolved { iin: iin(i as u16 + 1) },
+                now(),
+                PilotCatalog::shipped().unwrap().get("sez-000").unwrap(),
+                &Calendar::shipped().unwrap(),
+                &RetryPolicy::default(),
+            );
+            (next, history_of(&fx))
+        })
+        .collect();
+    let cursors = ["a1", "a2", "a3", "a4"];
+    let commit = |i: usize, version: u64| CaseCommit {
+        case: &resolved[i].0,
+        expected_version: version,
+        history: &resolved[i].1,
+        holder: None,
+        cursor: Some(("answers", cursors[i])),
+        at: now(),
+    };
+    // The third was read at a version it no longer has: the first two are committed, the
+    // third conflicts, the fourth is not tried.
+    let r = s
+        .commit_cases(&[commit(0, 1), commit(1, 1), commit(2, 7), commit(3, 1)])
+        .unwrap();
+    assert_eq!(r.len(), 3);
+    assert!(matches!(r[0], CommitResult::Committed(ref e) if !e.is_empty()));
+    assert!(matches!(r[1], CommitResult::Committed(_)));
+    assert_eq!(r[2], CommitResult::Conflict);
+    assert_eq!(s.cursor("answers").unwrap().as_deref(), Some("a2"));
+    let stored = |i: usize| s.case(&cases[i].id).unwrap().unwrap();
+    assert_eq!((stored(0).value, stored(0).version), (resolved[0].0.clone(), 2));
+    assert_eq!((stored(1).value, stored(1).version), (resolved[1].0.clone(), 2));
+    assert_eq!((stored(2).value, stored(2).version), (cases[2].clone(), 1));
+    assert_eq!((stored(3).value, stored(3).version), (cases[3].clone(), 1));
+    assert_eq!(s.history(&cases[1].id).unwrap().len(), 1 + resolved[1].1.len());
+    // The rest again, at the right versions: all committed.
+    let r = s.commit_cases(&[commit(2, 1), commit(3, 1)]).unwrap();
+    assert!(r.iter().all(|x| matches!(x, CommitResult::Committed(_))));
+    assert_eq!(s.cursor("answers").unwrap().as_deref(), Some("a4"));
+    assert_eq!(stored(3).value, resolved[3].0);
 }
 
 fn runs_are_created_once_per_pilot_and_date(b: &dyn Backend) {

@@ -383,6 +383,22 @@ pub trait Store: Send + Sync {
     fn case(&self, id: &CaseId) -> Result<Option<Versioned<Case>>, StoreError>;
     /// Applies a change to a case if it is still at the expected version.
     fn commit_case(&self, c: CaseCommit<'_>) -> Result<CommitResult, StoreError>;
+    /// Applies changes to several cases in order, each as [`Store::commit_case`] would,
+    /// stopping at the first conflict: returns the result of every change tried, the
+    /// conflict last. A backend may commit them in one transaction (SQLite does); either
+    /// way the changes before a conflict are committed and nothing after it is.
+    fn commit_cases(&self, cs: &[CaseCommit<'_>]) -> Result<Vec<CommitResult>, StoreError> {
+        let mut out = Vec::with_capacity(cs.len());
+        for c in cs {
+            let r = self.commit_case(c.clone())?;
+            let stop = r == CommitResult::Conflict;
+            out.push(r);
+            if stop {
+                break;
+            }
+        }
+        Ok(out)
+    }
     /// A case's history, oldest first.
     fn history(&self, id: &CaseId) -> Result<Vec<HistoryEntry>, StoreError>;
     /// Cases with a call due, by id, after `after`.

@@ -439,6 +439,73 @@ fn set_cursor_tx(tx: &Connection, name: &str, value: &str) -> Result<(), StoreEr
     Ok(())
 }
 
+/// [`Store::commit_case`] inside a transaction the caller commits.
+fn commit_case_in(tx: &rusqlite::Transaction<'_>, cc: &CaseCommit<'_>) -> Result<CommitResult, StoreError> {
+    let case = cc.case;
+    let old_class: Option<i64> = tx
+        .prepare_cached("SELECT class FROM cases WHERE case_id = ?1 AND version = ?2")
+        .map_err(db)?
+        .query_row(params![case.id.0, cc.expected_version as i64], |r| r.get(0))
+        .optional()
+        .map_err(db)?;
+    let Some(old_class) = old_class else {
+        return Ok(CommitResult::Conflict);
+    };
+    let (state, attempt, deadline, outcome) = state_cols(&case.state);
+    let new_class = class_code(case.state.class());
+    tx.prepare_cached(
+        "UPDATE cases SET recipient_iin = ?2, state = ?3, attempt = ?4, deadline = ?5, outcome = ?6, class = ?7, \
+         sms_attempts = ?8, answer = ?9, failures = ?10, closed_at = ?11, version = version + 1 WHERE case_id = ?1",
+    )
+    .map_err(db)?
+    .execute(params![
+        case.id.0,
+        case.recipient.map(|i| i.to_string()),
+        state,
+        attempt,
+        deadline,
+        outcome,
+        new_class,
+        i64::from(case.sms_attempts),
+        answer_str(case.answer),
+        i64::from(case.failures),
+        case.closed_at.map(to_nanos),
+    ])
+    .map_err(db)?;
+    {
+        let mut st = tx
+            .prepare_cached("UPDATE case_permits SET new_number = ?3 WHERE case_id = ?1 AND idx = ?2 AND new_number IS NOT ?3")
+            .map_err(db)?;
+        for (i, p) in case.permits.iter().enumerate() {
+            st.execute(params![case.id.0, i as i64, p.new_number])
+                .map_err(db)?;
+        }
+    }
+    let mut events = Vec::with_capacity(cc.history.len() + 1);
+    for h in cc.history {
+        events.push(insert_step(&tx, &case.pilot_id, &case.run_id, &case.id, h)?);
+    }
+    if let Some(h) = cc.holder {
+        let permits = permits_json(&h.permits)?;
+        tx.prepare_cached(
+            "INSERT INTO holders (subject_tag, subject_id, name, permits, case_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT(subject_tag, subject_id) DO UPDATE SET name = excluded.name, permits = excluded.permits, \
+             case_id = excluded.case_id, updated_at = excluded.updated_at",
+        )
+        .map_err(db)?
+        .execute(params![h.subject.tag(), h.subject.id(), name_json(&h.name)?, permits, h.case_id.0, to_nanos(h.at)])
+        .map_err(db)?;
+    }
+    if let Some((name, value)) = cc.cursor {
+        set_cursor_tx(&tx, name, value)?;
+    }
+    if old_class != new_class {
+        let delta = move_delta(old_class, new_class);
+        events.extend(touch_run(&tx, &case.run_id, delta, 0, cc.at)?);
+    }
+    Ok(CommitResult::Committed(events))
+}
+
 impl Store for SqliteStore {
     fn create_run(
         &self,
@@ -650,74 +717,34 @@ impl Store for SqliteStore {
     }
 
     fn commit_case(&self, cc: CaseCommit<'_>) -> Result<CommitResult, StoreError> {
-        let case = cc.case;
         let mut c = self.w();
         let tx = c
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
-        let old_class: Option<i64> = tx
-            .prepare_cached("SELECT class FROM cases WHERE case_id = ?1 AND version = ?2")
-            .map_err(db)?
-            .query_row(params![case.id.0, cc.expected_version as i64], |r| r.get(0))
-            .optional()
+        let r = commit_case_in(&tx, &cc)?;
+        if r != CommitResult::Conflict {
+            tx.commit().map_err(db)?;
+        }
+        Ok(r)
+    }
+
+    /// One transaction for the whole batch: one WAL commit instead of one per case.
+    fn commit_cases(&self, cs: &[CaseCommit<'_>]) -> Result<Vec<CommitResult>, StoreError> {
+        let mut c = self.w();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
-        let Some(old_class) = old_class else {
-            return Ok(CommitResult::Conflict);
-        };
-        let (state, attempt, deadline, outcome) = state_cols(&case.state);
-        let new_class = class_code(case.state.class());
-        tx.prepare_cached(
-            "UPDATE cases SET recipient_iin = ?2, state = ?3, attempt = ?4, deadline = ?5, outcome = ?6, class = ?7, \
-             sms_attempts = ?8, answer = ?9, failures = ?10, closed_at = ?11, version = version + 1 WHERE case_id = ?1",
-        )
-        .map_err(db)?
-        .execute(params![
-            case.id.0,
-            case.recipient.map(|i| i.to_string()),
-            state,
-            attempt,
-            deadline,
-            outcome,
-            new_class,
-            i64::from(case.sms_attempts),
-            answer_str(case.answer),
-            i64::from(case.failures),
-            case.closed_at.map(to_nanos),
-        ])
-        .map_err(db)?;
-        {
-            let mut st = tx
-                .prepare_cached("UPDATE case_permits SET new_number = ?3 WHERE case_id = ?1 AND idx = ?2 AND new_number IS NOT ?3")
-                .map_err(db)?;
-            for (i, p) in case.permits.iter().enumerate() {
-                st.execute(params![case.id.0, i as i64, p.new_number])
-                    .map_err(db)?;
+        let mut out = Vec::with_capacity(cs.len());
+        for cc in cs {
+            let r = commit_case_in(&tx, cc)?;
+            let stop = r == CommitResult::Conflict;
+            out.push(r);
+            if stop {
+                break;
             }
         }
-        let mut events = Vec::with_capacity(cc.history.len() + 1);
-        for h in cc.history {
-            events.push(insert_step(&tx, &case.pilot_id, &case.run_id, &case.id, h)?);
-        }
-        if let Some(h) = cc.holder {
-            let permits = permits_json(&h.permits)?;
-            tx.prepare_cached(
-                "INSERT INTO holders (subject_tag, subject_id, name, permits, case_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                 ON CONFLICT(subject_tag, subject_id) DO UPDATE SET name = excluded.name, permits = excluded.permits, \
-                 case_id = excluded.case_id, updated_at = excluded.updated_at",
-            )
-            .map_err(db)?
-            .execute(params![h.subject.tag(), h.subject.id(), name_json(&h.name)?, permits, h.case_id.0, to_nanos(h.at)])
-            .map_err(db)?;
-        }
-        if let Some((name, value)) = cc.cursor {
-            set_cursor_tx(&tx, name, value)?;
-        }
-        if old_class != new_class {
-            let delta = move_delta(old_class, new_class);
-            events.extend(touch_run(&tx, &case.run_id, delta, 0, cc.at)?);
-        }
         tx.commit().map_err(db)?;
-        Ok(CommitResult::Committed(events))
+        Ok(out)
     }
 
     fn history(&self, id: &CaseId) -> Result<Vec<HistoryEntry>, StoreError> {
