@@ -421,8 +421,8 @@ impl BusSettings {
     /// - `sdu`: GBD UL, GBD FL, ZAGS, e-license (all methods), KDP `IssueToken`, PEP
     ///   `Notify` and `StreamAnswers`;
     /// - `pep`: BMG `GetMobileNumber`, KDP `IssueToken`;
-    /// - `expertiza`, `sur`: GBD UL (reads), e-license `ListPermits`, `GetPermit`,
-    ///   `ListCabinetNotifications`;
+    /// - `expertiza`, `sur`: GBD UL (reads), e-license `ListPermits`, `ListPermitsByBins`,
+    ///   `GetPermit`, `ListCabinetNotifications`;
     /// - `operator`: everything (including `BusAdmin`).
     pub fn default_topology(host: &str, ports: &BTreeMap<String, u16>) -> BusSettings {
         let mut systems = BTreeMap::new();
@@ -470,6 +470,7 @@ impl BusSettings {
                 "kz.gov.gbdul.v1.OrganizationRegistry/GetOrganization",
                 "kz.gov.gbdul.v1.OrganizationRegistry/StreamNameChanges",
                 "kz.gov.elicense.v1.PermitRegistry/ListPermits",
+                "kz.gov.elicense.v1.PermitRegistry/ListPermitsByBins",
                 "kz.gov.elicense.v1.PermitRegistry/GetPermit",
                 "kz.gov.elicense.v1.PermitRegistry/ListCabinetNotifications",
             ] {
@@ -599,6 +600,23 @@ mod tests {
         let text = toml::to_string(&s).unwrap();
         let back: BusSettings = toml::from_str(&text).unwrap();
         assert_eq!(back.access, s.access);
+    }
+
+    #[test]
+    fn the_batched_permit_look_up_is_granted_like_list_permits() {
+        let s = BusSettings::default_topology("127.0.0.1", &BTreeMap::new());
+        let m = crate::access::AccessMatrix::new(s.access);
+        let by_bins = "kz.gov.elicense.v1.PermitRegistry/ListPermitsByBins";
+        let one = "kz.gov.elicense.v1.PermitRegistry/ListPermits";
+        for caller in ["sdu", "expertiza", "sur", "operator", "pep", "gbd-ul"] {
+            assert_eq!(
+                m.decide(caller, by_bins).is_ok(),
+                m.decide(caller, one).is_ok(),
+                "{caller}"
+            );
+        }
+        assert!(m.decide("sdu", by_bins).is_ok() && m.decide("sur", by_bins).is_ok());
+        assert!(m.decide("pep", by_bins).is_err());
     }
 
     #[test]

@@ -512,6 +512,44 @@ mod tests {
     }
 
     #[test]
+    fn every_bin_of_the_batched_permit_look_up_is_checked() {
+        use shep_proto::elicense::ListPermitsByBinsRequest;
+        let b = book();
+        let path = "/kz.gov.elicense.v1.PermitRegistry/ListPermitsByBins";
+        let p = b.method(path).unwrap();
+        // Organizations are no personal data: no consent, but the BINs are inspected.
+        assert!(p.personal_data.is_none() && p.inspect && !p.server_streaming);
+        let bin = (1..100)
+            .find_map(|serial| shep_domain::Bin::from_parts(2005, 3, 4, 0, serial))
+            .unwrap()
+            .to_string();
+        let last = bin.as_bytes()[11] - b'0';
+        let wrong_check = format!("{}{}", &bin[..11], (last + 1) % 10);
+        let ok = ListPermitsByBinsRequest {
+            bins: vec![bin.clone(); 3],
+            service_codes: vec!["SEZ-OBJ".into()],
+        };
+        check_identifiers(&decode(&b, path, &ok), b.ids()).unwrap();
+        for (i, bad, rule) in [
+            (0, bin[..11].to_owned(), "LENGTH"),
+            (2, format!("{}x", &bin[..11]), "DIGITS"),
+            (1, wrong_check, "CHECK_DIGIT"),
+        ] {
+            let mut req = ok.clone();
+            req.bins[i] = bad;
+            let v = check_identifiers(&decode(&b, path, &req), b.ids()).unwrap_err();
+            assert_eq!((v.field.as_str(), v.rule), (format!("bins[{i}]").as_str(), rule));
+        }
+        // An IIN is no BIN.
+        let req = ListPermitsByBinsRequest {
+            bins: vec![bin, IIN.into()],
+            ..Default::default()
+        };
+        let v = check_identifiers(&decode(&b, path, &req), b.ids()).unwrap_err();
+        assert_eq!(v.field, "bins[1]");
+    }
+
+    #[test]
     fn a_bad_subject_path_is_refused_at_start() {
         let b = book();
         let input = b

@@ -600,6 +600,27 @@ async fn malformed_identifiers_are_refused_before_forwarding() {
         .await
         .unwrap_err();
     assert_eq!(reason(&st), "SCE001");
+    // Every BIN of a repeated field is checked: one bad BIN refuses the whole list.
+    let good = (1..100)
+        .find_map(|s| shep_domain::Bin::from_parts(2005, 3, 4, 0, s))
+        .unwrap()
+        .to_string();
+    let mut el = shep_proto::elicense::permit_registry_client::PermitRegistryClient::new(
+        w.client("sdu"),
+    );
+    let st = el
+        .list_permits_by_bins(shep_proto::elicense::ListPermitsByBinsRequest {
+            bins: vec![good.clone(), good, "12345678901a".into()],
+            service_codes: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (st.code(), reason(&st).as_str()),
+        (Code::InvalidArgument, "SCE001")
+    );
+    let v = st.get_error_details().bad_request().unwrap().field_violations[0].clone();
+    assert_eq!(v.field, "bins[2]");
     assert_eq!(w.gbdfl_seen.count(), 0);
     w.shutdown.trigger();
 }

@@ -66,7 +66,9 @@ impl Registry {
             Registry::GbdUl => &["GetOrganization", "StreamNameChanges"],
             Registry::GbdFl => &["GetPerson", "GetPersons"],
             Registry::Zags => &["StreamActs", "GetPersonActs"],
-            Registry::ELicense => &["ListPermits", "GetPermit", "ReissuePermit", "ListCabinetNotifications"],
+            Registry::ELicense => {
+                &["ListPermits", "ListPermitsByBins", "GetPermit", "ReissuePermit", "ListCabinetNotifications"]
+            }
             Registry::Bmg => &["GetMobileNumber"],
             Registry::Pep => &["Notify", "StreamAnswers", "ListOutbox"],
             Registry::Kdp => &["IssueToken", "GetPublicKey", "GrantConsent", "RevokeConsent", "StreamRevocations"],

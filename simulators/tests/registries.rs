@@ -3,13 +3,13 @@
 mod common;
 
 use common::{Harness, collect, reason, violations};
-use shep_domain::{Iin, Sex};
+use shep_domain::{Bin, Iin, Sex};
 use shep_proto::bmg::GetMobileNumberRequest;
 use shep_proto::bmg::mobile_registry_client::MobileRegistryClient;
 use shep_proto::elicense::permit_registry_client::PermitRegistryClient;
 use shep_proto::elicense::{
-    GetPermitRequest, Holder, HolderName, ListCabinetNotificationsRequest, ListPermitsRequest, PermitStatus,
-    ReissuePermitRequest, holder, holder_name,
+    GetPermitRequest, Holder, HolderName, ListCabinetNotificationsRequest, ListPermitsByBinsRequest,
+    ListPermitsRequest, PermitStatus, ReissuePermitRequest, holder, holder_name,
 };
 use shep_proto::gbdfl::person_registry_client::PersonRegistryClient;
 use shep_proto::gbdfl::{GetPersonRequest, GetPersonsRequest, person_result};
@@ -297,6 +297,97 @@ async fn elicense_reissue_is_idempotent_and_fills_the_cabinet() {
         .await
         .unwrap_err();
     assert_eq!(violations(&e), vec!["holder.bin".to_string()]);
+}
+
+/// A valid BIN no generated organization has.
+fn unknown_bin(h: &Harness) -> String {
+    let c = h.sim.country();
+    (0..10_000)
+        .filter_map(|s| Bin::from_parts(1995, 1, 4, 0, s))
+        .find(|b| c.org_index(b).is_none())
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn elicense_permits_by_bins_are_those_of_list_permits() {
+    let h = Harness::start().await;
+    let c = h.sim.country();
+    let mut el = PermitRegistryClient::new(h.channel(Registry::ELicense, "sdu"));
+    // Organizations with and without permits, one unknown to the register, one asked twice.
+    let with: Vec<String> = c
+        .orgs()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| c.permits_of(HolderRef::Org(*i as u32)).next().is_some())
+        .map(|(_, o)| o.bin.to_string())
+        .take(5)
+        .collect();
+    let without: Vec<String> = c
+        .orgs()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| c.permits_of(HolderRef::Org(*i as u32)).next().is_none())
+        .map(|(_, o)| o.bin.to_string())
+        .take(3)
+        .collect();
+    assert_eq!((with.len(), without.len()), (5, 3), "the country has both kinds");
+    let mut bins: Vec<String> = with.iter().zip(&without).flat_map(|(a, b)| [a.clone(), b.clone()]).collect();
+    bins.extend(with[3..].iter().cloned());
+    bins.push(unknown_bin(&h));
+    bins.push(with[0].clone());
+    let service_code = el
+        .list_permits(ListPermitsRequest { holder: Some(org_holder(&with[0])), service_codes: vec![] })
+        .await
+        .unwrap()
+        .into_inner()
+        .permits[0]
+        .service_code
+        .clone();
+    for services in [vec![], vec![service_code.clone()], vec!["NO-SUCH-SERVICE".to_string()]] {
+        let got = el
+            .list_permits_by_bins(ListPermitsByBinsRequest { bins: bins.clone(), service_codes: services.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.holders.iter().map(|h| h.bin.clone()).collect::<Vec<_>>(), bins, "request order");
+        let mut nonempty = 0;
+        for hp in &got.holders {
+            let one = el
+                .list_permits(ListPermitsRequest { holder: Some(org_holder(&hp.bin)), service_codes: services.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(hp.permits, one.permits, "{} with {services:?}", hp.bin);
+            nonempty += usize::from(!hp.permits.is_empty());
+        }
+        match services.first().map(String::as_str) {
+            None => assert_eq!(nonempty, 6, "the five with permits, one of them twice"),
+            Some("NO-SUCH-SERVICE") => assert_eq!(nonempty, 0),
+            Some(_) => assert!(nonempty >= 2, "{got:?}"),
+        }
+    }
+    let empty = el.list_permits_by_bins(ListPermitsByBinsRequest::default()).await.unwrap().into_inner();
+    assert!(empty.holders.is_empty());
+
+    // Bad input: the whole call is refused, naming the field.
+    let mut bad = bins.clone();
+    bad[2] = "12345678901a".into();
+    let e = el
+        .list_permits_by_bins(ListPermitsByBinsRequest { bins: bad.clone(), service_codes: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(violations(&e), vec!["bins[2]".to_string()]);
+    bad[2] = String::new();
+    let e = el.list_permits_by_bins(ListPermitsByBinsRequest { bins: bad, service_codes: vec![] }).await.unwrap_err();
+    assert_eq!((violations(&e), reason(&e)), (vec!["bins[2]".to_string()], "MISSING_FIELD".to_string()));
+    let at_most = ListPermitsByBinsRequest { bins: vec![with[0].clone(); 1000], service_codes: vec![] };
+    assert_eq!(el.list_permits_by_bins(at_most).await.unwrap().into_inner().holders.len(), 1000);
+    let too_many = ListPermitsByBinsRequest { bins: vec![with[0].clone(); 1001], service_codes: vec![] };
+    let e = el.list_permits_by_bins(too_many).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!((violations(&e), reason(&e)), (vec!["bins".to_string()], "INVALID_BATCH_SIZE".to_string()));
 }
 
 #[tokio::test]

@@ -157,6 +157,48 @@ async fn injections_are_seen_by_every_node_and_applied_once() {
 }
 
 #[tokio::test]
+async fn faults_apply_to_the_batched_permit_look_up() {
+    use shep_proto::elicense::permit_registry_client::PermitRegistryClient;
+    use shep_proto::elicense::{Holder, ListPermitsByBinsRequest, ListPermitsRequest, holder};
+    let h = Harness::start().await;
+    let bin = h.sim.country().orgs()[0].bin.to_string();
+    let mut el = PermitRegistryClient::new(h.channel(Registry::ELicense, "sdu"));
+    let mut sc = scenario(&h, Registry::ELicense);
+    let by_bins = || ListPermitsByBinsRequest { bins: vec![bin.clone()], service_codes: vec![] };
+    let one = || ListPermitsRequest { holder: Some(Holder { id: Some(holder::Id::Bin(bin.clone())) }), service_codes: vec![] };
+
+    let r = sc
+        .set_fault(SetFaultRequest {
+            method: "/kz.gov.elicense.v1.PermitRegistry/ListPermitsByBins".into(),
+            code: Code::Unavailable as i32,
+            rate: 1.0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.methods, 1);
+    let e = el.list_permits_by_bins(by_bins()).await.unwrap_err();
+    assert_eq!((e.code(), reason(&e)), (Code::Unavailable, "SIMULATED_FAULT".to_string()));
+    el.list_permits(one()).await.unwrap();
+    // A fault that does nothing removes it.
+    let off = SetFaultRequest { method: "/kz.gov.elicense.v1.PermitRegistry/ListPermitsByBins".into(), ..Default::default() };
+    assert_eq!(sc.set_fault(off).await.unwrap().into_inner().methods, 0);
+    el.list_permits_by_bins(by_bins()).await.unwrap();
+
+    // "*" covers it too: latency on every method of e-license.
+    let r = sc
+        .set_fault(SetFaultRequest { method: "*".into(), latency_ms: 300, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.methods, 5);
+    let t = Instant::now();
+    el.list_permits_by_bins(by_bins()).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
 async fn faults_apply_to_registry_methods_until_reset() {
     let h = Harness::start().await;
     let iin = h.sim.country().persons()[0].iin.to_string();

@@ -92,6 +92,10 @@ bus_url = "{bus}"
 db = "var/data/sdu.sqlite"
 # Cases driven at once, and permit look-ups of a diff in flight.
 concurrency = {concurrency}
+# Renamed organizations of a diff looked up together in one e-license ListPermitsByBins call
+# (up to this many of those at hand, 1 to 1000); 1: one ListPermits per organization.
+# Individuals are always looked up one by one, each with its consent token.
+lookup_batch = {lookup_batch}
 # An operator's pilot catalog ([[pilot]] tables) replacing or adding to the shipped one.
 # pilots_file = "/etc/shep/pilots.toml"
 # An operator's working-day calendar ([[year]] tables) for years not shipped (2025-2027).
@@ -111,6 +115,7 @@ progress_every_secs = {progress_every_secs}
 "#,
         bus = d.bus_url,
         concurrency = d.concurrency,
+        lookup_batch = d.lookup_batch,
         max_attempts = d.max_attempts,
         retry_base_ms = d.retry_base_ms,
         retry_max_ms = d.retry_max_ms,

@@ -30,6 +30,7 @@ const PILOT: &str = "sez-000";
 /// Generous bound of every wait: the machine is small and shared.
 const PATIENCE: Duration = Duration::from_secs(90);
 const LIST_PERMITS: &str = "/kz.gov.elicense.v1.PermitRegistry/ListPermits";
+const LIST_PERMITS_BY_BINS: &str = "/kz.gov.elicense.v1.PermitRegistry/ListPermitsByBins";
 const REISSUE: &str = "/kz.gov.elicense.v1.PermitRegistry/ReissuePermit";
 const NOTIFY: &str = "/kz.gov.pep.v1.Portal/Notify";
 
@@ -107,6 +108,7 @@ level = "warn"
 bus_url = "https://127.0.0.1:{bus}"
 db = "{db}"
 concurrency = 4
+lookup_batch = 4
 timer_poll_ms = 20
 retry_base_ms = 50
 retry_max_ms = 1000
@@ -333,8 +335,10 @@ async fn killed_with_sigkill_at_three_points_the_sdu_process_ends_as_an_uninterr
 
     let w = World::start().await;
 
-    // (a) During the diff stream: permit look-ups are slow, so the diff takes seconds.
+    // (a) During the diff stream: permit look-ups are slow, so the diff takes seconds
+    // (organizations are looked up a few at a time, individuals one by one).
     w.fault(Registry::ELicense, LIST_PERMITS, 100);
+    w.fault(Registry::ELicense, LIST_PERMITS_BY_BINS, 100);
     let mut sdu = w.sdu().await;
     sdu.run_daily().await;
     let diffs_at_kill = eventually("a few diffs committed", || {
@@ -357,6 +361,7 @@ async fn killed_with_sigkill_at_three_points_the_sdu_process_ends_as_an_uninterr
     assert!(run.counts.as_ref().is_some_and(|c| c.diffs < ref_diffs), "killed during the diff: {run:?}");
     assert!(diffs_at_kill < ref_diffs);
     w.fault(Registry::ELicense, LIST_PERMITS, 0);
+    w.fault(Registry::ELicense, LIST_PERMITS_BY_BINS, 0);
     eventually("a third of the first SMS sent", || async { (w.sms_count() * 3 >= first_sms).then_some(()) }).await;
     sdu.kill().await;
     w.fault(Registry::Pep, NOTIFY, 0);

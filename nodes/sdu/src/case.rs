@@ -780,7 +780,7 @@ pub fn open_closed(o: Opening, why: LookupFailure, now: Timestamp) -> (Case, Vec
                 StepKind::CallFailed,
                 now,
                 0,
-                format!("elicense.ListPermits: {error} (giving up)"),
+                format!("permit look-up: {error} (giving up)"),
             ));
             Outcome::Failed
         }

@@ -214,6 +214,24 @@ fn holder(subject: &Subject) -> elicense::Holder {
     }
 }
 
+/// Most BINs in one e-license `ListPermitsByBins` call.
+pub const MAX_BINS: usize = 1000;
+
+/// The ACTIVE permits of the given services, as the items of a case.
+fn active_items(permits: Vec<elicense::Permit>, services: &[String]) -> Vec<PermitItem> {
+    permits
+        .into_iter()
+        .filter(|p| {
+            p.status() == elicense::PermitStatus::Active && services.contains(&p.service_code)
+        })
+        .map(|p| PermitItem {
+            number: p.number,
+            service_code: p.service_code,
+            new_number: None,
+        })
+        .collect()
+}
+
 impl Upstream {
     /// Clients over `channel`; `consumer` is SDU's system id (for KDP), `timeout` the deadline
     /// of each unary call.
@@ -350,19 +368,57 @@ impl Upstream {
             .list_permits(self.req(req, token))
             .await
             .map_err(|s| CallError::from_status(M, &s))?;
-        Ok(res
+        Ok(active_items(res.into_inner().permits, services))
+    }
+
+    /// The ACTIVE permits of the given services of several organizations at once (e-license
+    /// `ListPermitsByBins`, at most [`MAX_BINS`] of them), one entry per BIN in the order of
+    /// `bins`: what [`Upstream::list_permits`] gives for each. An answer that does not
+    /// match the request BIN for BIN is a (non-retryable) bad answer.
+    pub async fn list_permits_by_bins(
+        &self,
+        bins: &[Bin],
+        services: &[String],
+    ) -> Result<Vec<(Bin, Vec<PermitItem>)>, CallError> {
+        const M: &str = "elicense.ListPermitsByBins";
+        if bins.len() > MAX_BINS {
+            return Err(CallError {
+                message: format!("{M}: {} BINs, at most {MAX_BINS} in one call", bins.len()),
+                retryable: false,
+                consent_refused: None,
+            });
+        }
+        let req = elicense::ListPermitsByBinsRequest {
+            bins: bins.iter().map(|b| b.to_string()).collect(),
+            service_codes: services.to_vec(),
+        };
+        let holders = self
+            .elicense
+            .clone()
+            .list_permits_by_bins(self.req(req, None))
+            .await
+            .map_err(|s| CallError::from_status(M, &s))?
             .into_inner()
-            .permits
-            .into_iter()
-            .filter(|p| {
-                p.status() == elicense::PermitStatus::Active && services.contains(&p.service_code)
+            .holders;
+        if holders.len() != bins.len() {
+            return Err(CallError::bad_data(
+                M,
+                format!("{} entries for {} BINs", holders.len(), bins.len()),
+            ));
+        }
+        bins.iter()
+            .zip(holders)
+            .enumerate()
+            .map(|(i, (bin, h))| {
+                if h.bin != bin.to_string() {
+                    return Err(CallError::bad_data(
+                        M,
+                        format!("entry {i} is for BIN {:?}, {bin} was asked", h.bin),
+                    ));
+                }
+                Ok((*bin, active_items(h.permits, services)))
             })
-            .map(|p| PermitItem {
-                number: p.number,
-                service_code: p.service_code,
-                new_number: None,
-            })
-            .collect())
+            .collect()
     }
 
     /// The first head of an organization (GBD UL `GetOrganization`); `None` when none is

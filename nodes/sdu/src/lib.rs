@@ -99,6 +99,7 @@ pub async fn start(
     );
     let cfg = RunnerConfig {
         concurrency: settings.concurrency,
+        lookup_batch: settings.lookup_batch,
         retry: settings.retry(),
         timer_poll: Duration::from_millis(settings.timer_poll_ms),
         progress_every_cases: settings.progress_every_cases,

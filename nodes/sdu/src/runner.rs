@@ -3,7 +3,9 @@
 //!
 //! Tasks:
 //! - a **collector** per run reads the day's diff (GBD UL, then ZAGS) as a stream, looks up
-//!   permits with bounded concurrency (`buffered`, so commits stay in stream order), and
+//!   permits with bounded concurrency (`buffered`, so commits stay in stream order) —
+//!   consecutive organizations at hand together, up to `lookup_batch` in one e-license
+//!   `ListPermitsByBins` call, individuals one by one with their consent token — and
 //!   commits each diff with its stream cursor: memory does not grow with the diff, and a
 //!   restart continues after the last committed diff;
 //! - **workers** drive cases (at most `concurrency` at once, each case by one worker at a
@@ -55,6 +57,8 @@ pub const ANSWER_CURSOR: &str = "pep:answers";
 pub struct RunnerConfig {
     /// Cases driven at once, and diff look-ups in flight at once.
     pub concurrency: usize,
+    /// Organizations of a diff looked up in one call (1: one `ListPermits` per subject).
+    pub lookup_batch: usize,
     /// Retries of calls and streams.
     pub retry: RetryPolicy,
     /// How often timers are checked.
@@ -91,6 +95,41 @@ enum Looked {
     Open(Box<(Case, Vec<HistoryEntry>)>),
 }
 
+/// The result of looking up one diff item: its cursor, whether it is a change that counts,
+/// and what was found.
+type LookedItem = (String, bool, Looked);
+
+/// What one look-up future of the diff handles: one item (an individual, an entry that is
+/// no change, a broken stream), or consecutive organizations looked up in one call.
+enum Unit {
+    One(Result<DiffItem, CallError>),
+    Orgs(Vec<DiffItem>),
+}
+
+/// Splits a chunk of the diff stream into units, in order: each run of consecutive
+/// organizations is one [`Unit::Orgs`], everything else a [`Unit::One`].
+fn units(chunk: Vec<Result<DiffItem, CallError>>) -> Vec<Unit> {
+    let mut out = vec![];
+    let mut orgs = vec![];
+    for item in chunk {
+        match item {
+            Ok(d) if matches!(&d.change, Some(c) if matches!(c.subject, Subject::Organization(_))) => {
+                orgs.push(d)
+            }
+            other => {
+                if !orgs.is_empty() {
+                    out.push(Unit::Orgs(std::mem::take(&mut orgs)));
+                }
+                out.push(Unit::One(other));
+            }
+        }
+    }
+    if !orgs.is_empty() {
+        out.push(Unit::Orgs(orgs));
+    }
+    out
+}
+
 fn split(
     fx: Vec<Effect>,
 ) -> (
@@ -121,6 +160,33 @@ fn failed(kind: CallKind, e: CallError) -> Event {
             retryable: e.retryable,
         },
     }
+}
+
+/// What the permit look-up of one change found: no case without permits, else its case,
+/// open, or closed at once when the look-up failed.
+fn looked(
+    run: &RunRecord,
+    pilot: &Pilot,
+    change: &crate::clients::NameChange,
+    result: Result<Vec<case::PermitItem>, LookupFailure>,
+    now: Timestamp,
+) -> Looked {
+    let opening = |permits| Opening {
+        run_id: run.id.clone(),
+        pilot_id: pilot.id.clone(),
+        date: run.date,
+        subject: change.subject,
+        old_name: change.old_name.clone(),
+        new_name: change.new_name.clone(),
+        permits,
+    };
+    let (case, fx) = match result {
+        Ok(permits) if permits.is_empty() => return Looked::NoPermits,
+        Ok(permits) => case::open(opening(permits), now),
+        Err(why) => case::open_closed(opening(vec![]), why, now),
+    };
+    let (history, _, _) = split(fx);
+    Looked::Open(Box::new((case, history)))
 }
 
 /// Tokens obtained while one worker drives one case.
@@ -416,20 +482,38 @@ impl Runner {
                     let this = self.clone();
                     let pilot2 = pilot.clone();
                     let run2 = run.clone();
-                    let looked = stream
-                        .map(move |item| {
+                    // Units in stream order: with batching, the consecutive organizations at
+                    // hand (up to `lookup_batch`) form one; without, every item is its own.
+                    let batch = self.cfg.lookup_batch.max(1);
+                    let units: futures::stream::BoxStream<'static, Unit> = if batch == 1 {
+                        stream.map(Unit::One).boxed()
+                    } else {
+                        stream
+                            .ready_chunks(batch)
+                            .flat_map(|chunk| futures::stream::iter(units(chunk)))
+                            .boxed()
+                    };
+                    let looked = units
+                        .map(move |unit| {
                             let (this, pilot, run) = (this.clone(), pilot2.clone(), run2.clone());
                             async move {
-                                match item {
-                                    Ok(d) => {
+                                match unit {
+                                    Unit::One(Ok(d)) => {
                                         let l = this.lookup(&run, &pilot, &d).await;
-                                        Ok((d.cursor, d.change.is_some(), l))
+                                        vec![Ok((d.cursor, d.change.is_some(), l))]
                                     }
-                                    Err(e) => Err(e),
+                                    Unit::One(Err(e)) => vec![Err(e)],
+                                    Unit::Orgs(items) => this
+                                        .lookup_orgs(&run, &pilot, items)
+                                        .await
+                                        .into_iter()
+                                        .map(Ok)
+                                        .collect(),
                                 }
                             }
                         })
-                        .buffered(self.cfg.concurrency.max(1));
+                        .buffered(self.cfg.concurrency.max(1))
+                        .flat_map(futures::stream::iter);
                     futures::pin_mut!(looked);
                     let mut broken = None;
                     while let Some(r) = looked.next().await {
@@ -488,15 +572,6 @@ impl Runner {
         let Some(change) = &d.change else {
             return Looked::Skip;
         };
-        let opening = |permits| Opening {
-            run_id: run.id.clone(),
-            pilot_id: pilot.id.clone(),
-            date: run.date,
-            subject: change.subject,
-            old_name: change.old_name.clone(),
-            new_name: change.new_name.clone(),
-            permits,
-        };
         let mut failures = 0u32;
         let result = loop {
             let token = match change.subject {
@@ -545,14 +620,75 @@ impl Runner {
                 }
             }
         };
-        let now = self.clock.now();
-        let (case, fx) = match result {
-            Ok(permits) if permits.is_empty() => return Looked::NoPermits,
-            Ok(permits) => case::open(opening(permits), now),
-            Err(why) => case::open_closed(opening(vec![]), why, now),
+        looked(run, pilot, change, result, self.clock.now())
+    }
+
+    /// Looks up the permits of consecutive organizations of a diff in one e-license
+    /// `ListPermitsByBins` call (retried as a single look-up is), and opens the case of each
+    /// that has some; when the call keeps failing, every case of the group is opened FAILED,
+    /// as after a failed single look-up. One result per item, in order.
+    async fn lookup_orgs(
+        &self,
+        run: &RunRecord,
+        pilot: &Pilot,
+        items: Vec<DiffItem>,
+    ) -> Vec<LookedItem> {
+        let bins: Vec<shep_domain::Bin> = items
+            .iter()
+            .filter_map(|d| match d.change.as_ref().map(|c| c.subject) {
+                Some(Subject::Organization(b)) => Some(b),
+                _ => None,
+            })
+            .collect();
+        let mut failures = 0u32;
+        let result = loop {
+            match self
+                .bounded(
+                    "elicense.ListPermitsByBins",
+                    self.up.list_permits_by_bins(&bins, &pilot.services),
+                )
+                .await
+            {
+                Ok(found) => break Ok(found),
+                Err(e) => {
+                    if let Some(scope) = e.consent_refused {
+                        break Err(LookupFailure::ConsentRefused { scope });
+                    }
+                    failures += 1;
+                    if !e.retryable || failures >= self.cfg.retry.max_attempts {
+                        break Err(LookupFailure::Failed { error: e.message });
+                    }
+                    tokio::time::sleep(self.cfg.retry.delay(failures)).await;
+                }
+            }
         };
-        let (history, _, _) = split(fx);
-        Looked::Open(Box::new((case, history)))
+        let now = self.clock.now();
+        let mut found = match result {
+            Ok(found) => Ok(found.into_iter()),
+            Err(why) => Err(why),
+        };
+        items
+            .into_iter()
+            .map(|d| {
+                let l = match &d.change {
+                    // Not an organization: `units` never puts one here.
+                    None => Looked::Skip,
+                    Some(change) => {
+                        let r = match &mut found {
+                            Ok(it) => it.next().map(|(_, permits)| permits).ok_or_else(|| {
+                                LookupFailure::Failed {
+                                    error: "elicense.ListPermitsByBins: fewer entries than BINs"
+                                        .into(),
+                                }
+                            }),
+                            Err(why) => Err(why.clone()),
+                        };
+                        looked(run, pilot, change, r, now)
+                    }
+                };
+                (d.cursor, d.change.is_some(), l)
+            })
+            .collect()
     }
 
     /// Commits one diff; dispatches its case. True when a case was opened.

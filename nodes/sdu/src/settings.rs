@@ -25,6 +25,11 @@ pub struct SduSettings {
     /// makes its calls one step at a time), and at most this many permit look-ups of a diff.
     /// At least 1.
     pub concurrency: usize,
+    /// Organizations of a diff looked up in one e-license `ListPermitsByBins` call: the
+    /// consecutive renamed organizations at hand (up to this many) are looked up together;
+    /// 1 looks up each with its own `ListPermits`. Individuals are always looked up one by
+    /// one (each needs its consent token). From 1 to 1000.
+    pub lookup_batch: usize,
     /// An operator's pilot catalog (TOML, `[[pilot]]` tables) that replaces pilots of the
     /// same id and adds new ones; none: the shipped catalog only.
     pub pilots_file: Option<PathBuf>,
@@ -54,6 +59,7 @@ impl Default for SduSettings {
             bus_url: "https://127.0.0.1:7000".into(),
             db: PathBuf::from("sdu.db"),
             concurrency: 32,
+            lookup_batch: 256,
             pilots_file: None,
             calendar_file: None,
             max_attempts: 5,
@@ -75,6 +81,13 @@ impl SduSettings {
             return bad(format!(
                 "concurrency {} is not between 1 and 4096",
                 self.concurrency
+            ));
+        }
+        if self.lookup_batch == 0 || self.lookup_batch > crate::clients::MAX_BINS {
+            return bad(format!(
+                "lookup_batch {} is not between 1 and {}",
+                self.lookup_batch,
+                crate::clients::MAX_BINS
             ));
         }
         if self.max_attempts == 0 {
@@ -143,6 +156,19 @@ mod tests {
         .to_string();
         assert!(e.contains("https"), "{e}");
         assert_eq!(SduSettings::default().retry().max_attempts, 5);
+        assert_eq!(SduSettings::default().lookup_batch, 256);
+        for bad in [0, 1001] {
+            let e = SduSettings {
+                lookup_batch: bad,
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("lookup_batch"), "{e}");
+        }
+        let s: SduSettings = toml::from_str("lookup_batch = 1\n").unwrap();
+        s.validate().unwrap();
         // A PostgreSQL URL in `db` is accepted as is; `store::open` picks the backend by it.
         let s: SduSettings = toml::from_str("db = \"postgres://sdu:pw@127.0.0.1/sdu\"\n").unwrap();
         s.validate().unwrap();

@@ -884,3 +884,146 @@ async fn a_run_is_refused_outside_the_calendar_and_settings_are_checked() {
         .unwrap();
     assert!(e.to_string().contains("concurrency"), "{e}");
 }
+
+/// A busy day for the batched look-up: renamed organizations with two SEZ permits (the
+/// crowd), without any, with only a revoked one or one of another service, and individuals
+/// from ZAGS with and without permits.
+fn mixed_day(orgs: u32) -> MapCountry {
+    let d = date(RUN_DATE.0, RUN_DATE.1, RUN_DATE.2);
+    let mut c = fakes::crowd(d, 1000, orgs / 2);
+    for i in 0..orgs / 2 {
+        let b = bin(5000 + i);
+        let ps = match i % 3 {
+            0 => vec![],
+            1 => vec![permit(&format!("R-{i}"), "SEZ-OBJ", &b, false, Revoked)],
+            _ => vec![permit(&format!("M-{i}"), "MED-LIC", &b, false, Active)],
+        };
+        c.rename(d, &b, None, ps);
+    }
+    for i in 0..6 {
+        let p = iin(9000 + i);
+        let ps = if i % 2 == 0 {
+            vec![permit(&format!("P-{i}"), "SEZ-OBJ", &p, true, Active)]
+        } else {
+            vec![]
+        };
+        c.act(d, zags::ActKind::NameChange, &p, Some("Old"), Some("New"), ps);
+    }
+    c
+}
+
+/// Every case of a run as (subject, permits, outcome, state, SMS attempts), by subject.
+fn cases(h: &SduHandle) -> std::collections::BTreeMap<String, (Vec<String>, String, String, u32)> {
+    h.cases_json("sez-000", run_date())
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let permits = r.permits.iter().map(|p| p.number.clone()).collect();
+            (
+                r.subject_bin.or(r.subject_iin).unwrap(),
+                (permits, r.outcome, r.state, r.sms_attempts),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn organizations_are_looked_up_in_batches_with_the_same_outcomes() {
+    const ORGS: u32 = 120;
+    // The reference: one ListPermits per subject.
+    let one_by_one = Env::new(mixed_day(ORGS), "2026-02-03T09:00:00", 0).await;
+    let sdu = one_by_one
+        .start_sdu_with(shep_sdu::SduSettings {
+            lookup_batch: 1,
+            ..one_by_one.settings(4)
+        })
+        .await
+        .unwrap();
+    let run = sdu.handle.run_daily("sez-000", run_date()).await.unwrap();
+    let reference_run = settled(&sdu.handle, &run).await;
+    let reference = cases(&sdu.handle);
+    sdu.kill().await;
+    {
+        let rec = one_by_one.fakes.rec();
+        assert_eq!(rec.by_bins_calls, 0);
+        assert_eq!(rec.list_permits_calls, u64::from(ORGS) + 6);
+    }
+    // The crowd's organizations and the individuals with a permit have cases, no one else.
+    assert_eq!(reference.len(), ORGS as usize / 2 + 3, "{reference:?}");
+
+    // Batched (the default, 256), the first call failing once: retried, not failed.
+    let batched = Env::new(mixed_day(ORGS), "2026-02-03T09:00:00", 0).await;
+    batched
+        .fakes
+        .by_bins_failures
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let settings = batched.settings(4);
+    assert_eq!(settings.lookup_batch, 256);
+    let sdu = batched.start_sdu_with(settings).await.unwrap();
+    let run = sdu.handle.run_daily("sez-000", run_date()).await.unwrap();
+    let batched_run = settled(&sdu.handle, &run).await;
+    assert_eq!(cases(&sdu.handle), reference, "the same cases as one by one");
+    assert_eq!(
+        (batched_run.diffs, batched_run.state),
+        (reference_run.diffs, reference_run.state)
+    );
+    sdu.kill().await;
+    let rec = batched.fakes.rec();
+    // Individuals still one by one, with their token; organizations in a few calls.
+    assert_eq!(rec.list_permits_calls, 6);
+    assert!(rec.missing_tokens.is_empty(), "{:?}", rec.missing_tokens);
+    assert!(
+        rec.by_bins_calls >= 2 && rec.by_bins_calls * 4 <= u64::from(ORGS),
+        "{} ListPermitsByBins calls for {ORGS} organizations",
+        rec.by_bins_calls
+    );
+    assert!(rec.by_bins_asked >= u64::from(ORGS), "every BIN asked, the failed call's again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_keeps_failing_fails_each_of_its_cases() {
+    const ORGS: u32 = 20;
+    let env = Env::new(mixed_day(ORGS), "2026-02-03T09:00:00", 0).await;
+    env.fakes
+        .by_bins_failures
+        .store(u32::MAX, std::sync::atomic::Ordering::SeqCst);
+    let settings = env.settings(2);
+    let attempts = settings.max_attempts;
+    let sdu = env.start_sdu_with(settings).await.unwrap();
+    let run = sdu.handle.run_daily("sez-000", run_date()).await.unwrap();
+    let rec = settled(&sdu.handle, &run).await;
+    assert_eq!(rec.diffs, u64::from(ORGS) + 6, "every diff committed");
+    let cases = cases(&sdu.handle);
+    let details: Vec<String> = sdu
+        .handle
+        .cases_json("sez-000", run_date())
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.subject_bin.is_some())
+        .map(|r| r.steps.iter().map(|s| s.detail.clone()).collect::<Vec<_>>().join(" / "))
+        .collect();
+    sdu.kill().await;
+    // Every organization's case opened FAILED, as after a failed single look-up (the
+    // look-up could not tell which have permits); the individuals' cases are unaffected.
+    let orgs: std::collections::HashSet<String> = (0..ORGS / 2)
+        .map(|i| bin(1000 + i))
+        .chain((0..ORGS / 2).map(|i| bin(5000 + i)))
+        .collect();
+    let failed: std::collections::HashSet<String> = cases
+        .iter()
+        .filter(|(_, (_, outcome, _, _))| outcome == "FAILED")
+        .map(|(s, _)| s.clone())
+        .collect();
+    assert_eq!(failed, orgs, "{cases:?}");
+    assert_eq!(cases.len(), ORGS as usize + 3, "{cases:?}");
+    assert_eq!(details.len(), ORGS as usize);
+    assert!(
+        details
+            .iter()
+            .all(|d| d.contains("ListPermitsByBins") && d.contains("giving up")),
+        "{details:?}"
+    );
+    let r = env.fakes.rec();
+    assert_eq!(r.by_bins_asked, u64::from(ORGS) * u64::from(attempts), "each group tried {attempts} times");
+    assert_eq!(r.by_bins_calls % u64::from(attempts), 0);
+}

@@ -1,14 +1,15 @@
-//! e-license: `PermitRegistry` — permits by holder and by number, re-issue to a new holder
-//! name (idempotent by key), and the holders' personal cabinets.
+//! e-license: `PermitRegistry` — permits by holder (one, or many organizations at once) and
+//! by number, re-issue to a new holder name (idempotent by key), and the holders' personal
+//! cabinets.
 
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use shep_proto::elicense::permit_registry_server::PermitRegistry;
 use shep_proto::elicense::{
-    CabinetNotification, GetPermitRequest, Holder, HolderName, ListCabinetNotificationsRequest,
-    ListCabinetNotificationsResponse, ListPermitsRequest, ListPermitsResponse, Permit, PermitStatus,
-    ReissuePermitRequest, ReissuePermitResponse, holder, holder_name,
+    CabinetNotification, GetPermitRequest, Holder, HolderName, HolderPermits, ListCabinetNotificationsRequest,
+    ListCabinetNotificationsResponse, ListPermitsByBinsRequest, ListPermitsByBinsResponse, ListPermitsRequest,
+    ListPermitsResponse, Permit, PermitStatus, ReissuePermitRequest, ReissuePermitResponse, holder, holder_name,
 };
 use shep_runtime::status::{error, invalid_field, not_found, parse_bin, parse_iin};
 use tonic::{Code, Request, Response, Status};
@@ -20,6 +21,9 @@ use crate::sim::Simulation;
 use crate::state::permits::Reissue;
 use crate::time::ts;
 use crate::views;
+
+/// Most BINs in one `ListPermitsByBins` call.
+pub const MAX_BINS: usize = 1000;
 
 /// The e-license simulator.
 pub struct ELicense {
@@ -95,6 +99,17 @@ fn check_new_name(holder: &Parsed, name: Option<&HolderName>) -> Result<HolderNa
     Ok(HolderName { name: Some(n.clone()) })
 }
 
+/// The permits of one holder of the services asked for (every service when none), oldest
+/// issue first: what `ListPermits` and `ListPermitsByBins` answer.
+fn permits_of(c: &Country, st: &crate::state::State, h: HolderRef, services: &[String]) -> Vec<Permit> {
+    st.permits
+        .of_holder(c, h)
+        .into_iter()
+        .filter_map(|i| views::permit(c, st, i))
+        .filter(|p| services.is_empty() || services.contains(&p.service_code))
+        .collect()
+}
+
 fn fingerprint(r: &ReissuePermitRequest) -> String {
     let d = Sha256::digest(format!("{r:?}").as_bytes());
     d.iter().map(|b| format!("{b:02x}")).collect()
@@ -110,14 +125,47 @@ impl PermitRegistry for ELicense {
             return Ok(Response::new(ListPermitsResponse { permits: vec![] }));
         };
         let st = self.sim.state();
-        let permits = st
-            .permits
-            .of_holder(c, h)
-            .into_iter()
-            .filter_map(|i| views::permit(c, &st, i))
-            .filter(|p| r.service_codes.is_empty() || r.service_codes.contains(&p.service_code))
-            .collect();
+        let permits = permits_of(c, &st, h, &r.service_codes);
         Ok(Response::new(ListPermitsResponse { permits }))
+    }
+
+    async fn list_permits_by_bins(
+        &self,
+        req: Request<ListPermitsByBinsRequest>,
+    ) -> Result<Response<ListPermitsByBinsResponse>, Status> {
+        let r = req.into_inner();
+        if r.bins.len() > MAX_BINS {
+            return Err(invalid_field(
+                "bins",
+                format!("give at most {MAX_BINS} BINs, got {}", r.bins.len()),
+                "INVALID_BATCH_SIZE",
+            ));
+        }
+        let c = self.sim.country();
+        // Every BIN is checked before any is looked up: a bad one fails the whole call.
+        let orgs = r
+            .bins
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let field = format!("bins[{i}]");
+                if b.is_empty() {
+                    return Err(invalid_field(&field, "required: a BIN", "MISSING_FIELD"));
+                }
+                parse_bin(&field, b).map(|bin| c.org_index(&bin))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let st = self.sim.state();
+        let holders = r
+            .bins
+            .into_iter()
+            .zip(orgs)
+            .map(|(bin, org)| HolderPermits {
+                permits: org.map(|o| permits_of(c, &st, HolderRef::Org(o), &r.service_codes)).unwrap_or_default(),
+                bin,
+            })
+            .collect();
+        Ok(Response::new(ListPermitsByBinsResponse { holders }))
     }
 
     async fn get_permit(&self, req: Request<GetPermitRequest>) -> Result<Response<Permit>, Status> {

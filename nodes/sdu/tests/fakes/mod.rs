@@ -80,6 +80,12 @@ pub struct Records {
     pub answers: Vec<(String, u32, String, String, String)>,
     /// StreamNameChanges calls with their start cursor.
     pub diff_streams: Vec<String>,
+    /// e-license `ListPermits` calls.
+    pub list_permits_calls: u64,
+    /// e-license `ListPermitsByBins` calls (failed ones included), and the BINs they asked
+    /// for in all.
+    pub by_bins_calls: u64,
+    pub by_bins_asked: u64,
     /// Personal-data calls without a valid token (should stay empty).
     pub missing_tokens: Vec<String>,
 }
@@ -99,6 +105,8 @@ pub struct Fakes {
     pub lean: bool,
     /// While set, GBD UL's `StreamNameChanges` answers UNAVAILABLE.
     pub diff_down: std::sync::atomic::AtomicBool,
+    /// The next this many e-license `ListPermitsByBins` calls answer UNAVAILABLE.
+    pub by_bins_failures: std::sync::atomic::AtomicU32,
 }
 
 impl Fakes {
@@ -112,6 +120,7 @@ impl Fakes {
             call_delay_ms: 0,
             lean: false,
             diff_down: Default::default(),
+            by_bins_failures: Default::default(),
         })
     }
 
@@ -129,6 +138,7 @@ impl Fakes {
             call_delay_ms,
             lean: false,
             diff_down: Default::default(),
+            by_bins_failures: Default::default(),
         })
     }
 
@@ -143,6 +153,7 @@ impl Fakes {
             call_delay_ms: 0,
             lean: true,
             diff_down: Default::default(),
+            by_bins_failures: Default::default(),
         })
     }
 
@@ -202,6 +213,15 @@ impl Fakes {
                 [],
             ))
         }
+    }
+
+    /// The permits of a holder of the given services (every service when none).
+    fn permits_of(&self, holder: &str, codes: &[String]) -> Vec<elicense::Permit> {
+        self.country
+            .permits(holder)
+            .into_iter()
+            .filter(|p| codes.is_empty() || codes.contains(&p.service_code))
+            .collect()
     }
 
     /// The bus stand-in: every fake service on one mTLS node as system "bus".
@@ -404,15 +424,50 @@ impl elicense::permit_registry_server::PermitRegistry for Svc {
             self.0
                 .check_token(&req, &holder, "elicense.permits.read", "ListPermits")?;
         }
+        self.0.rec().list_permits_calls += 1;
         let codes = &req.get_ref().service_codes;
-        let permits = self
-            .0
-            .country
-            .permits(&holder)
-            .into_iter()
-            .filter(|p| codes.is_empty() || codes.contains(&p.service_code))
-            .collect();
+        let permits = self.0.permits_of(&holder, codes);
         Ok(Response::new(elicense::ListPermitsResponse { permits }))
+    }
+
+    async fn list_permits_by_bins(
+        &self,
+        req: Request<elicense::ListPermitsByBinsRequest>,
+    ) -> Result<Response<elicense::ListPermitsByBinsResponse>, Status> {
+        let r = req.into_inner();
+        {
+            let mut rec = self.0.rec();
+            rec.by_bins_calls += 1;
+            rec.by_bins_asked += r.bins.len() as u64;
+        }
+        let fail = self
+            .0
+            .by_bins_failures
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if fail {
+            return Err(Status::unavailable("e-license cannot be reached"));
+        }
+        if r.bins.len() > 1000 {
+            return Err(shep_runtime::status::invalid_field(
+                "bins",
+                "at most 1000 BINs",
+                "INVALID_BATCH_SIZE",
+            ));
+        }
+        let holders = r
+            .bins
+            .into_iter()
+            .map(|bin| elicense::HolderPermits {
+                permits: self.0.permits_of(&bin, &r.service_codes),
+                bin,
+            })
+            .collect();
+        Ok(Response::new(elicense::ListPermitsByBinsResponse { holders }))
     }
 
     async fn get_permit(
@@ -810,8 +865,16 @@ impl Env {
 
     /// Starts an SDU node on the world's database.
     pub async fn start_sdu(&self, concurrency: usize) -> Result<shep_sdu::RunningSdu, shep_sdu::SduError> {
+        self.start_sdu_with(self.settings(concurrency)).await
+    }
+
+    /// Starts an SDU node with these settings.
+    pub async fn start_sdu_with(
+        &self,
+        settings: shep_sdu::SduSettings,
+    ) -> Result<shep_sdu::RunningSdu, shep_sdu::SduError> {
         let node = NodeConfig::from_pki_dir("sdu", "127.0.0.1:0".parse().unwrap(), &self.pki);
-        shep_sdu::start(node, self.settings(concurrency), self.clock.clone(), Shutdown::new()).await
+        shep_sdu::start(node, settings, self.clock.clone(), Shutdown::new()).await
     }
 }
 
