@@ -52,6 +52,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// The durable cursor of PEP's answer stream.
 pub const ANSWER_CURSOR: &str = "pep:answers";
 
+/// Answers taken together at most: their cases read at once and their changes committed in
+/// one store call (see [`Runner::take_answers`]).
+const ANSWER_BATCH: usize = 256;
+
 /// How the runner behaves (from [`crate::SduSettings`]).
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -128,6 +132,23 @@ fn units(chunk: Vec<Result<DiffItem, CallError>>) -> Vec<Unit> {
         out.push(Unit::Orgs(orgs));
     }
     out
+}
+
+/// PEP's answer stream, in the chunks at hand (up to [`ANSWER_BATCH`]).
+type AnswerChunks =
+    futures::stream::BoxStream<'static, Vec<Result<AnswerItem, CallError>>>;
+
+/// The answers of a chunk up to its first error, and that error: a stream that broke ends
+/// with it.
+fn answers_of(chunk: Vec<Result<AnswerItem, CallError>>) -> (Vec<AnswerItem>, Option<CallError>) {
+    let mut answers = Vec::with_capacity(chunk.len());
+    for item in chunk {
+        match item {
+            Ok(a) => answers.push(a),
+            Err(e) => return (answers, Some(e)),
+        }
+    }
+    (answers, None)
 }
 
 fn split(
@@ -1162,6 +1183,133 @@ impl Runner {
         Ok(())
     }
 
+    /// Takes answers in stream order, as [`Runner::take_answer`] takes one, with fewer trips
+    /// to the store: the cases of the answers (up to the first case answered twice in the
+    /// batch) are read in one store call, each is stepped, and the changes are committed in
+    /// order in one [`Store::commit_cases`], each with its answer's cursor, so a crash keeps
+    /// a prefix of the batch and the cursor of its last answer. From the first change that
+    /// conflicts (its case moved meanwhile), and after the first repeated case, the answers
+    /// are taken one by one.
+    async fn take_answers(self: &Arc<Self>, batch: Vec<AnswerItem>) -> Result<(), StoreError> {
+        if batch.len() <= 1 {
+            for a in batch {
+                self.take_answer(a).await?;
+            }
+            return Ok(());
+        }
+        let mut seen = HashSet::new();
+        let distinct = batch
+            .iter()
+            .take_while(|a| seen.insert(a.case_id.as_str()))
+            .count();
+        let ids: Vec<CaseId> = batch[..distinct]
+            .iter()
+            .map(|a| CaseId(a.case_id.clone()))
+            .collect();
+        let loaded = self
+            .st(move |s| ids.iter().map(|id| s.case(id)).collect::<Result<Vec<_>, _>>())
+            .await?;
+        let now = self.clock.now();
+        /// An answer's change of its case.
+        struct Planned {
+            item: usize,
+            case: Case,
+            version: u64,
+            history: Vec<HistoryEntry>,
+            holder: Option<HolderUpdate>,
+            call: bool,
+            cursor: String,
+        }
+        let mut plans = vec![];
+        // Answers that change nothing but whose case has a call to make (dispatched once
+        // their cursor is committed), by item.
+        let mut unchanged = vec![];
+        for (i, (a, v)) in batch.iter().zip(loaded).enumerate() {
+            // An answer for a case that is not ours only moves the cursor.
+            let Some(v) = v else { continue };
+            let pilot = match self.pilots.get(&v.value.pilot_id) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(case = %v.value.id, error = %e, "the case's pilot is no longer in the catalog; the case is left as it is");
+                    continue;
+                }
+            };
+            let ev = Event::Answer {
+                attempt: a.attempt,
+                sms_id: a.sms_id.clone(),
+                text: a.text.clone(),
+                received_at: a.received_at.unwrap_or(now),
+            };
+            let (next, fx) = case::step(&v.value, ev, now, pilot, &self.calendar, &self.cfg.retry);
+            let (history, holder, call) = split(fx);
+            if next == v.value && history.is_empty() && holder.is_none() {
+                if call.is_some() {
+                    unchanged.push((i, v.value.id.clone()));
+                }
+                continue;
+            }
+            plans.push(Planned {
+                item: i,
+                case: next,
+                version: v.version,
+                history,
+                holder,
+                call: call.is_some(),
+                cursor: a.cursor.clone(),
+            });
+        }
+        let plans = Arc::new(plans);
+        let (p2, last) = (plans.clone(), batch[distinct - 1].cursor.clone());
+        let results = self
+            .st(move |s| {
+                let commits: Vec<CaseCommit<'_>> = p2
+                    .iter()
+                    .map(|p| CaseCommit {
+                        case: &p.case,
+                        expected_version: p.version,
+                        history: &p.history,
+                        holder: p.holder.as_ref(),
+                        cursor: Some((ANSWER_CURSOR, p.cursor.as_str())),
+                        at: now,
+                    })
+                    .collect();
+                let r = s.commit_cases(&commits)?;
+                if r.len() == commits.len() && r.last() != Some(&CommitResult::Conflict) {
+                    // Answers after the last change moved nothing but the cursor.
+                    s.set_cursor(ANSWER_CURSOR, &last)?;
+                }
+                Ok(r)
+            })
+            .await?;
+        // Items from `rest` on are taken again one by one.
+        let mut rest = distinct;
+        for (p, r) in plans.iter().zip(results) {
+            match r {
+                CommitResult::Committed(events) => {
+                    self.publish(events);
+                    if p.call {
+                        self.try_dispatch(p.case.id.clone());
+                    }
+                }
+                CommitResult::Conflict => {
+                    rest = plans
+                        .iter()
+                        .rev()
+                        .find(|q| q.item < p.item)
+                        .map_or(0, |q| q.item + 1);
+                    break;
+                }
+            }
+        }
+        for (_, id) in unchanged.into_iter().filter(|(i, _)| *i < rest) {
+            self.try_dispatch(id);
+        }
+        for a in batch.into_iter().skip(rest) {
+            self.take_answer(a).await?;
+        }
+        Ok(())
+    }
+
     /// Takes every answer PEP holds now (a stream without follow).
     async fn drain_answers(self: &Arc<Self>) -> Result<(), CallError> {
         let cursor = self
@@ -1172,15 +1320,20 @@ impl Runner {
                 retryable: true,
                 consent_refused: None,
             })?;
-        let mut s = self
+        let s = self
             .bounded("pep.StreamAnswers", self.up.answers(cursor, false))
             .await?;
-        while let Some(a) = s.next().await {
-            self.take_answer(a?).await.map_err(|e| CallError {
+        let mut chunks = s.ready_chunks(ANSWER_BATCH);
+        while let Some(chunk) = chunks.next().await {
+            let (batch, broken) = answers_of(chunk);
+            self.take_answers(batch).await.map_err(|e| CallError {
                 message: e.to_string(),
                 retryable: true,
                 consent_refused: None,
             })?;
+            if let Some(e) = broken {
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -1201,7 +1354,7 @@ impl Runner {
     }
 
     async fn answer_loop(self: Arc<Self>) {
-        let mut follow: Option<crate::clients::BoxStream<AnswerItem>> = None;
+        let mut follow: Option<AnswerChunks> = None;
         let mut failures = 0u32;
         let mut tick = tokio::time::interval(self.cfg.timer_poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1218,7 +1371,7 @@ impl Runner {
                     .bounded("pep.StreamAnswers", self.up.answers(cursor, true))
                     .await
                 {
-                    Ok(s) => follow = Some(s),
+                    Ok(s) => follow = Some(s.ready_chunks(ANSWER_BATCH).boxed()),
                     Err(e) => {
                         failures += 1;
                         if failures == 1 || failures.is_multiple_of(20) {
@@ -1235,19 +1388,21 @@ impl Runner {
             };
             tokio::select! {
                 _ = self.stopped() => return,
-                item = next => match item {
-                    Some(Ok(a)) => {
-                        failures = 0;
-                        if let Err(e) = self.take_answer(a).await {
+                chunk = next => match chunk {
+                    Some(chunk) => {
+                        let (batch, broken) = answers_of(chunk);
+                        if !batch.is_empty() {
+                            failures = 0;
+                        }
+                        if let Err(e) = self.take_answers(batch).await {
                             // Read again from the stored cursor after a pause.
                             tracing::error!(error = %e, "cannot store an answer; reading it again");
                             follow = None;
                             tokio::select! { _ = tokio::time::sleep(self.cfg.retry.delay(3)) => {}, _ = self.stopped() => return }
+                        } else if let Some(e) = broken {
+                            tracing::warn!(error = %e.message, "PEP's answer stream broke; reconnecting");
+                            follow = None;
                         }
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e.message, "PEP's answer stream broke; reconnecting");
-                        follow = None;
                     }
                     None => follow = None,
                 },

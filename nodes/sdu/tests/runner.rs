@@ -1027,3 +1027,68 @@ async fn a_batch_that_keeps_failing_fails_each_of_its_cases() {
     assert_eq!(r.by_bins_asked, u64::from(ORGS) * u64::from(attempts), "each group tried {attempts} times");
     assert_eq!(r.by_bins_calls % u64::from(attempts), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_waiting_at_a_restart_are_taken_together_each_once() {
+    const N: u32 = 40;
+    let env = Env::new(crowd(N), "2026-02-03T09:00:00", 0).await;
+    let sdu = env.start_sdu(4).await.unwrap();
+    let run = sdu.handle.run_daily("sez-000", run_date()).await.unwrap();
+    // The answering half is re-issued; the silent half waits for its answer.
+    eventually("the answering half re-issued", || {
+        outcomes(&sdu.handle, "sez-000", run_date())
+            .values()
+            .filter(|o| *o == "REISSUED")
+            .count()
+            == N as usize / 2
+    })
+    .await;
+    eventually("every first SMS sent", || env.fakes.rec().sent.len() == N as usize).await;
+    sdu.kill().await;
+
+    // While no runner is up, the silent half answers "1" (the first of them a second time,
+    // "2"), and someone answers a case that is not SDU's: PEP holds them all at the restart,
+    // so the new runner takes them in one batch.
+    let silent: Vec<(String, String, String)> = {
+        let rec = env.fakes.rec();
+        let answered: std::collections::HashSet<&String> =
+            rec.answers.iter().map(|(c, ..)| c).collect();
+        let mut v: Vec<_> = rec
+            .sent
+            .iter()
+            .filter(|((c, attempt), _)| *attempt == 1 && !answered.contains(c))
+            .map(|((c, _), (sms, iin, _))| (c.clone(), sms.clone(), iin.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(silent.len(), N as usize / 2);
+    for (case, sms, iin) in &silent {
+        env.fakes.push_answer(case, 1, iin, "1", sms);
+    }
+    let (case, sms, who) = &silent[0];
+    env.fakes.push_answer(case, 1, who, "2", sms);
+    env.fakes.push_answer("no-such-case", 1, &iin(7), "1", "sms-of-someone-else");
+
+    let sdu = env.start_sdu(4).await.unwrap();
+    let h = sdu.handle.clone();
+    eventually("every case re-issued", || {
+        outcomes(&h, "sez-000", run_date())
+            .values()
+            .filter(|o| *o == "REISSUED")
+            .count()
+            == N as usize
+    })
+    .await;
+    settled(&h, &run).await;
+    let counts = h.report("sez-000", run_date()).unwrap().counts;
+    assert_eq!((counts.answered_yes, counts.answered_no), (u64::from(N), 0));
+    assert_eq!((counts.reissued, counts.open), (u64::from(N), 0));
+    let rec = env.fakes.rec();
+    // Two permits a case, each re-issued once; one SMS a case.
+    assert_eq!(rec.reissued.len(), 2 * N as usize);
+    assert_eq!(rec.reissue_replays, 0);
+    assert_eq!(rec.sent.len(), N as usize);
+    drop(rec);
+    sdu.kill().await;
+}
