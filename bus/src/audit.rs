@@ -5,8 +5,7 @@
 //! waiting (up to `batch_max`), numbers them, chains them (each record's `hash` is
 //! SHA-256 over the previous record's hash and this record's content), inserts them in one
 //! transaction and commits: one fsync for the whole batch (group commit). With
-//! `synchronous = full` (the default) a committed record survives a power cut. Commits do not
-//! checkpoint the WAL: a checkpointer thread does, beside the writer. When a
+//! `synchronous = full` (the default) a committed record survives a power cut. When a
 //! commit fails, every call of the batch gets the error and the chain head does not move.
 //!
 //! **Records of a call.** A unary call forwarded by the bus has one `call` record
@@ -369,63 +368,7 @@ fn open_writer(settings: &AuditSettings) -> Result<Connection, AuditError> {
     conn.execute_batch(&format!("PRAGMA synchronous={sync};"))
         .map_err(sqlite(path))?;
     conn.execute_batch(SCHEMA).map_err(sqlite(path))?;
-    // Checkpoints are run by the checkpointer thread, not by a commit (see [`checkpointer`]).
-    conn.execute_batch("PRAGMA wal_autocheckpoint=0;")
-        .map_err(sqlite(path))?;
     Ok(conn)
-}
-
-/// Pages in the WAL past which the writer itself checkpoints and restarts the WAL, because
-/// the checkpointer's passive checkpoints could not catch up with it (about 64 MiB).
-const WAL_RESTART_PAGES: i64 = 16_384;
-
-/// Commits between two wake-ups of the checkpointer (each commit writes two pages or more).
-const CHECKPOINT_EVERY_COMMITS: i64 = 500;
-
-/// The checkpointer: copies the WAL's pages into the database file with passive checkpoints
-/// (which never block the writer or readers) on its own connection and thread, woken by the
-/// writer every [`CHECKPOINT_EVERY_COMMITS`] commits and at least once a second. A checkpoint
-/// run by a commit (SQLite's default) would hold that commit, and every call waiting for
-/// it, for the time of copying and (at `synchronous=full`) syncing the database file.
-fn checkpointer(
-    path: PathBuf,
-    busy_ms: u64,
-    wake: std::sync::mpsc::Receiver<()>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("shep-audit-checkpointer".into())
-        .spawn(move || {
-            let conn = match Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            ) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "the audit checkpointer cannot open the log; the writer checkpoints itself");
-                    return;
-                }
-            };
-            let _ = conn.busy_timeout(std::time::Duration::from_millis(busy_ms));
-            loop {
-                match wake.recv_timeout(std::time::Duration::from_secs(1)) {
-                    Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-                }
-                while wake.try_recv().is_ok() {}
-                if let Err(e) =
-                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                {
-                    tracing::warn!(path = %path.display(), error = %e, "audit checkpoint failed");
-                }
-            }
-        })
-}
-
-/// Pages of the WAL at present (after the commit just made), by the WAL file's size.
-fn wal_pages(path: &Path, page_size: i64) -> i64 {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    std::fs::metadata(&wal).map_or(0, |m| m.len() as i64 / (page_size + 24))
 }
 
 fn head(conn: &Connection, path: &Path) -> Result<(u64, String), AuditError> {
@@ -509,21 +452,10 @@ impl AuditLog {
         let d = depth.clone();
         let batch_max = settings.batch_max;
         let p = path.clone();
-        let page_size: i64 = conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .map_err(sqlite(&path))?;
-        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
-        let checkpointing = std::env::var_os("SHEP_AB_INLINE").is_none() && checkpointer(path.clone(), settings.busy_timeout_ms, woken).is_ok();
-        if !checkpointing {
-            conn.execute_batch("PRAGMA wal_autocheckpoint=1000;")
-                .map_err(sqlite(&path))?;
-        }
         std::thread::Builder::new()
             .name("shep-audit-writer".into())
             .spawn(move || {
                 let mut jobs = Vec::with_capacity(batch_max);
-                // Commits since the checkpointer was last woken.
-                let mut commits = 0i64;
                 while let Some(first) = rx.blocking_recv() {
                     jobs.push(first);
                     while jobs.len() < batch_max {
@@ -535,20 +467,6 @@ impl AuditLog {
                     let n = jobs.len() as i64;
                     let written = write_batch(&mut conn, &head, &jobs);
                     d.fetch_sub(n, Ordering::Relaxed);
-                    if checkpointing && written.is_ok() {
-                        commits += 1;
-                        if commits >= CHECKPOINT_EVERY_COMMITS {
-                            commits = 0;
-                            let _ = wake.try_send(());
-                            // Passive checkpoints cannot reset a WAL that is written all
-                            // the time: past the bound, the writer waits for one that does.
-                            if wal_pages(&p, page_size) > WAL_RESTART_PAGES
-                                && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
-                            {
-                                tracing::warn!(path = %p.display(), error = %e, "audit WAL restart failed");
-                            }
-                        }
-                    }
                     match written {
                         Ok(recs) => {
                             if let Some(last) = recs.last() {
@@ -909,37 +827,6 @@ mod tests {
         c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
             .unwrap();
         c
-    }
-
-    #[test]
-    fn records_reach_the_database_file_by_the_checkpointer_not_by_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = AuditSettings {
-            synchronous: Synchronous::Normal,
-            ..settings(dir.path())
-        };
-        let db_len = || std::fs::metadata(&s.path).unwrap().len();
-        rt().block_on(async {
-            let log = AuditLog::open(&s).unwrap();
-            let empty = db_len();
-            // One commit each: enough commits to wake the checkpointer twice.
-            for i in 0..(2 * CHECKPOINT_EVERY_COMMITS as u32 + 10) {
-                log.append(entry(i, "900515300018")).await.unwrap();
-            }
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while db_len() < empty + 100 * 1024 {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the checkpointer copied nothing into {} ({} bytes)",
-                    s.path.display(),
-                    db_len()
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        });
-        let v = verify(&s.path).unwrap();
-        assert!(v.intact);
-        assert_eq!(v.records, 2 * CHECKPOINT_EVERY_COMMITS as u64 + 10);
     }
 
     #[test]
