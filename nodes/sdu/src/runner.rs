@@ -6,8 +6,9 @@
 //!   permits with bounded concurrency (`buffered`, so commits stay in stream order) —
 //!   consecutive organizations at hand together, up to `lookup_batch` in one e-license
 //!   `ListPermitsByBins` call, individuals one by one with their consent token — and
-//!   commits each diff with its stream cursor: memory does not grow with the diff, and a
-//!   restart continues after the last committed diff;
+//!   commits each diff with its stream cursor (those at hand, up to 256, in one store
+//!   call): memory does not grow with the diff, and a restart continues after the last
+//!   committed diff;
 //! - **workers** drive cases (at most `concurrency` at once, each case by one worker at a
 //!   time) until they wait or close;
 //! - the **answer loop** follows PEP's answers with a durable cursor committed in the same
@@ -55,6 +56,9 @@ pub const ANSWER_CURSOR: &str = "pep:answers";
 /// Answers taken together at most: their cases read at once and their changes committed in
 /// one store call (see [`Runner::take_answers`]).
 const ANSWER_BATCH: usize = 256;
+
+/// Diffs committed together at most (one store call, one SQLite transaction).
+const DIFF_COMMIT_BATCH: usize = 256;
 
 /// How the runner behaves (from [`crate::SduSettings`]).
 #[derive(Debug, Clone)]
@@ -535,43 +539,49 @@ impl Runner {
                         })
                         .buffered(self.cfg.concurrency.max(1))
                         .flat_map(futures::stream::iter);
+                    // The diffs looked up at hand are committed together (in order, one
+                    // store call), then their cases are dispatched.
+                    let looked = looked.ready_chunks(DIFF_COMMIT_BATCH);
                     futures::pin_mut!(looked);
                     let mut broken = None;
-                    while let Some(r) = looked.next().await {
-                        match r {
-                            Err(e) => {
-                                broken = Some(e);
-                                break;
-                            }
-                            Ok((cursor, counted, looked)) => {
-                                failures = 0;
-                                if counted {
-                                    seen += 1;
-                                }
-                                if self
-                                    .commit_diff(run, phase, cursor, counted, looked)
-                                    .await
-                                    .map_err(|e| e.to_string())?
-                                {
-                                    opened += 1;
-                                }
-                                if (self.cfg.progress_every_cases > 0
-                                    && counted
-                                    && seen.is_multiple_of(self.cfg.progress_every_cases))
-                                    || last_log.elapsed() >= self.cfg.progress_every
-                                {
-                                    last_log = Instant::now();
-                                    let secs = started.elapsed().as_secs_f64().max(1e-9);
-                                    tracing::info!(
-                                        run = %run.id,
-                                        phase = phase.as_str(),
-                                        diffs = seen,
-                                        cases = opened,
-                                        per_sec = format!("{:.0}", seen as f64 / secs),
-                                        "reading the diff"
-                                    );
+                    while let Some(chunk) = looked.next().await {
+                        let mut items = Vec::with_capacity(chunk.len());
+                        for r in chunk {
+                            match r {
+                                Ok(item) => items.push(item),
+                                Err(e) => {
+                                    broken = Some(e);
+                                    break;
                                 }
                             }
+                        }
+                        if !items.is_empty() {
+                            failures = 0;
+                        }
+                        let counted = items.iter().filter(|(_, c, _)| *c).count() as u64;
+                        opened += self
+                            .commit_diffs(run, phase, items)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let before = seen;
+                        seen += counted;
+                        let every = self.cfg.progress_every_cases;
+                        if (every > 0 && seen / every > before / every)
+                            || last_log.elapsed() >= self.cfg.progress_every
+                        {
+                            last_log = Instant::now();
+                            let secs = started.elapsed().as_secs_f64().max(1e-9);
+                            tracing::info!(
+                                run = %run.id,
+                                phase = phase.as_str(),
+                                diffs = seen,
+                                cases = opened,
+                                per_sec = format!("{:.0}", seen as f64 / secs),
+                                "reading the diff"
+                            );
+                        }
+                        if broken.is_some() {
+                            break;
                         }
                     }
                     broken
@@ -712,41 +722,59 @@ impl Runner {
             .collect()
     }
 
-    /// Commits one diff; dispatches its case. True when a case was opened.
-    async fn commit_diff(
+    /// Commits diffs in order in one store call, then dispatches the cases they opened.
+    /// Returns how many cases were opened.
+    async fn commit_diffs(
         self: &Arc<Self>,
         run: &RunRecord,
         phase: DiffPhase,
-        cursor: String,
-        counted: bool,
-        looked: Looked,
-    ) -> Result<bool, StoreError> {
+        items: Vec<LookedItem>,
+    ) -> Result<u64, StoreError> {
+        if items.is_empty() {
+            return Ok(0);
+        }
         let rid = run.id.clone();
         let at = self.clock.now();
-        let opened = match looked {
-            Looked::Open(b) => Some(*b),
-            Looked::Skip | Looked::NoPermits => None,
-        };
-        let (res, case) = self
+        let items: Vec<(String, bool, Option<(Case, Vec<HistoryEntry>)>)> = items
+            .into_iter()
+            .map(|(cursor, counted, looked)| {
+                let opened = match looked {
+                    Looked::Open(b) => Some(*b),
+                    Looked::Skip | Looked::NoPermits => None,
+                };
+                (cursor, counted, opened)
+            })
+            .collect();
+        let items = Arc::new(items);
+        let i2 = items.clone();
+        let results = self
             .st(move |s| {
-                let r = s.commit_diff(DiffCommit {
-                    run: &rid,
-                    phase,
-                    cursor: &cursor,
-                    counted,
-                    opened: opened.as_ref().map(|(c, h)| (c, h.as_slice())),
-                    at,
-                })?;
-                Ok((r, opened.as_ref().map(|(c, _)| c.clone())))
+                let commits: Vec<DiffCommit<'_>> = i2
+                    .iter()
+                    .map(|(cursor, counted, opened)| DiffCommit {
+                        run: &rid,
+                        phase,
+                        cursor,
+                        counted: *counted,
+                        opened: opened.as_ref().map(|(c, h)| (c, h.as_slice())),
+                        at,
+                    })
+                    .collect();
+                s.commit_diffs(&commits)
             })
             .await?;
-        let was_opened = res.opened;
-        self.publish(res.events);
-        if let Some(c) = case.filter(|c| was_opened && c.state.class() == case::StateClass::Active)
-        {
-            self.dispatch(c.id).await;
+        let mut opened = 0;
+        for ((_, _, case), res) in items.iter().zip(results) {
+            self.publish(res.events);
+            if !res.opened {
+                continue;
+            }
+            opened += 1;
+            if let Some((c, _)) = case.as_ref().filter(|(c, _)| c.state.class() == case::StateClass::Active) {
+                self.dispatch(c.id.clone()).await;
+            }
         }
-        Ok(was_opened)
+        Ok(opened)
     }
 
     // ---- driving cases ----------------------------------------------------------------------

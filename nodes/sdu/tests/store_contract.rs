@@ -93,6 +93,7 @@ contract!(
     runs_are_created_once_per_pilot_and_date,
     a_case_round_trips_and_commits_are_compare_and_swap,
     a_batch_of_commits_applies_in_order_up_to_the_first_conflict,
+    a_batch_of_diffs_is_recorded_as_one_by_one,
     listing_pages_by_case_id_and_filters,
     one_runner_per_database,
     a_newer_schema_is_refused,
@@ -247,6 +248,51 @@ fn a_batch_of_commits_applies_in_order_up_to_the_first_conflict(b: &dyn Backend)
     assert!(r.iter().all(|x| matches!(x, CommitResult::Committed(_))));
     assert_eq!(s.cursor("answers").unwrap().as_deref(), Some("a4"));
     assert_eq!(stored(3).value, resolved[3].0);
+}
+
+fn a_batch_of_diffs_is_recorded_as_one_by_one(b: &dyn Backend) {
+    let store = b.open().unwrap();
+    let s = store.as_ref();
+    let (run, ..) = s.create_run("sez-000", date(2026, 2, 3), now()).unwrap();
+    let opened: Vec<(Case, Vec<HistoryEntry>)> = (1..=2)
+        .map(|n| {
+            let (case, fx) = case::open(opening(&run.id, Subject::Organization(bin(n)), 1), now());
+            let hist = history_of(&fx);
+            (case, hist)
+        })
+        .collect();
+    let diff = |cursor: &'static str, counted: bool, o: Option<usize>| DiffCommit {
+        run: &run.id,
+        phase: DiffPhase::GbdUl,
+        counted,
+        cursor,
+        opened: o.map(|i| (&opened[i].0, opened[i].1.as_slice())),
+        at: now(),
+    };
+    // A case, a diff without permits, a skipped entry, a second case, the first one again.
+    let r = s
+        .commit_diffs(&[
+            diff("c1", true, Some(0)),
+            diff("c2", true, None),
+            diff("c3", false, None),
+            diff("c4", true, Some(1)),
+            diff("c5", true, Some(0)),
+        ])
+        .unwrap();
+    assert_eq!(
+        r.iter().map(|x| x.opened).collect::<Vec<_>>(),
+        vec![true, false, false, true, false]
+    );
+    assert!(!r[0].events.is_empty() && !r[3].events.is_empty());
+    assert_eq!(
+        s.cursor(&DiffPhase::GbdUl.cursor_name(&run.id)).unwrap().as_deref(),
+        Some("c5")
+    );
+    let rec = s.run(&run.id).unwrap().unwrap();
+    assert_eq!(rec.diffs, 4, "counted diffs");
+    assert_eq!(s.case(&opened[0].0.id).unwrap().unwrap().value, opened[0].0);
+    assert_eq!(s.case(&opened[1].0.id).unwrap().unwrap().value, opened[1].0);
+    assert_eq!(s.funnel(&run.id).unwrap().with_permits, 2);
 }
 
 fn runs_are_created_once_per_pilot_and_date(b: &dyn Backend) {

@@ -379,6 +379,12 @@ pub trait Store: Send + Sync {
     fn reopen_run(&self, run: &RunId, at: Timestamp) -> Result<Vec<EventRecord>, StoreError>;
     /// Records one diff: counts it, advances the phase's cursor, opens its case if any.
     fn commit_diff(&self, d: DiffCommit<'_>) -> Result<DiffResult, StoreError>;
+    /// Records several diffs in order, each as [`Store::commit_diff`] would. A backend may
+    /// commit them in one transaction (SQLite does); either way an error leaves a prefix of
+    /// them committed, with the cursor of its last.
+    fn commit_diffs(&self, ds: &[DiffCommit<'_>]) -> Result<Vec<DiffResult>, StoreError> {
+        ds.iter().map(|d| self.commit_diff(d.clone())).collect()
+    }
     /// One case.
     fn case(&self, id: &CaseId) -> Result<Option<Versioned<Case>>, StoreError>;
     /// Applies a change to a case if it is still at the expected version.

@@ -439,6 +439,71 @@ fn set_cursor_tx(tx: &Connection, name: &str, value: &str) -> Result<(), StoreEr
     Ok(())
 }
 
+/// [`Store::commit_diff`] inside a transaction the caller commits.
+fn commit_diff_in(tx: &rusqlite::Transaction<'_>, d: &DiffCommit<'_>) -> Result<DiffResult, StoreError> {
+    let mut events = vec![];
+    let mut opened = false;
+    let mut delta = [0; 3];
+    if let Some((case, history)) = d.opened {
+        let (state, attempt, deadline, outcome) = state_cols(&case.state);
+        let n = tx
+            .prepare_cached(&format!(
+                "INSERT INTO cases ({CASE_COLS}, class, n_permits) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, 1, ?19, ?20) \
+                 ON CONFLICT(case_id) DO NOTHING"
+            ))
+            .map_err(db)?
+            .execute(params![
+                case.id.0,
+                case.run_id.0,
+                case.pilot_id,
+                case.date.to_string(),
+                case.subject.tag(),
+                case.subject.id(),
+                name_json(&case.old_name)?,
+                name_json(&case.new_name)?,
+                case.recipient.map(|i| i.to_string()),
+                state,
+                attempt,
+                deadline,
+                outcome,
+                i64::from(case.sms_attempts),
+                answer_str(case.answer),
+                i64::from(case.failures),
+                to_nanos(case.opened_at),
+                case.closed_at.map(to_nanos),
+                class_code(case.state.class()),
+                case.permits.len() as i64,
+            ])
+            .map_err(db)?;
+        if n == 1 {
+            opened = true;
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO case_permits (case_id, idx, number, service_code, new_number) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(db)?;
+            for (i, p) in case.permits.iter().enumerate() {
+                st.execute(params![
+                    case.id.0,
+                    i as i64,
+                    p.number,
+                    p.service_code,
+                    p.new_number
+                ])
+                .map_err(db)?;
+            }
+            for h in history {
+                events.push(insert_step(&tx, &case.pilot_id, &case.run_id, &case.id, h)?);
+            }
+            delta = delta_of(case.state.class(), 1);
+        }
+    }
+    set_cursor_tx(&tx, &d.phase.cursor_name(d.run), d.cursor)?;
+    events.extend(touch_run(&tx, d.run, delta, i64::from(d.counted), d.at)?);
+    Ok(DiffResult { opened, events })
+}
+
 /// [`Store::commit_case`] inside a transaction the caller commits.
 fn commit_case_in(tx: &rusqlite::Transaction<'_>, cc: &CaseCommit<'_>) -> Result<CommitResult, StoreError> {
     let case = cc.case;
@@ -636,68 +701,23 @@ impl Store for SqliteStore {
         let tx = c
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
-        let mut events = vec![];
-        let mut opened = false;
-        let mut delta = [0; 3];
-        if let Some((case, history)) = d.opened {
-            let (state, attempt, deadline, outcome) = state_cols(&case.state);
-            let n = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO cases ({CASE_COLS}, class, n_permits) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, 1, ?19, ?20) \
-                     ON CONFLICT(case_id) DO NOTHING"
-                ))
-                .map_err(db)?
-                .execute(params![
-                    case.id.0,
-                    case.run_id.0,
-                    case.pilot_id,
-                    case.date.to_string(),
-                    case.subject.tag(),
-                    case.subject.id(),
-                    name_json(&case.old_name)?,
-                    name_json(&case.new_name)?,
-                    case.recipient.map(|i| i.to_string()),
-                    state,
-                    attempt,
-                    deadline,
-                    outcome,
-                    i64::from(case.sms_attempts),
-                    answer_str(case.answer),
-                    i64::from(case.failures),
-                    to_nanos(case.opened_at),
-                    case.closed_at.map(to_nanos),
-                    class_code(case.state.class()),
-                    case.permits.len() as i64,
-                ])
-                .map_err(db)?;
-            if n == 1 {
-                opened = true;
-                let mut st = tx
-                    .prepare_cached(
-                        "INSERT INTO case_permits (case_id, idx, number, service_code, new_number) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )
-                    .map_err(db)?;
-                for (i, p) in case.permits.iter().enumerate() {
-                    st.execute(params![
-                        case.id.0,
-                        i as i64,
-                        p.number,
-                        p.service_code,
-                        p.new_number
-                    ])
-                    .map_err(db)?;
-                }
-                for h in history {
-                    events.push(insert_step(&tx, &case.pilot_id, &case.run_id, &case.id, h)?);
-                }
-                delta = delta_of(case.state.class(), 1);
-            }
-        }
-        set_cursor_tx(&tx, &d.phase.cursor_name(d.run), d.cursor)?;
-        events.extend(touch_run(&tx, d.run, delta, i64::from(d.counted), d.at)?);
+        let r = commit_diff_in(&tx, &d)?;
         tx.commit().map_err(db)?;
-        Ok(DiffResult { opened, events })
+        Ok(r)
+    }
+
+    /// One transaction for the whole batch: one WAL commit instead of one per diff.
+    fn commit_diffs(&self, ds: &[DiffCommit<'_>]) -> Result<Vec<DiffResult>, StoreError> {
+        let mut c = self.w();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let out = ds
+            .iter()
+            .map(|d| commit_diff_in(&tx, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().map_err(db)?;
+        Ok(out)
     }
 
     fn case(&self, id: &CaseId) -> Result<Option<Versioned<Case>>, StoreError> {
