@@ -209,6 +209,11 @@ pub fn channel(cfg: &TlsConfig, url: &str) -> Result<tonic::transport::Channel, 
         .tls_config(client_tls(cfg, &host)?)
         .map_err(|e| TlsError::Config { cert: cfg.cert.clone(), why: e.to_string() })?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A connection window well above the stream window: streams whose reader pauses (a
+        // diff stream while its reader waits for a worker) hold at most their stream window
+        // each, and leave room for the other calls on the connection.
+        .initial_stream_window_size(Some(2 << 20))
+        .initial_connection_window_size(Some(32 << 20));
     Ok(endpoint.connect_lazy())
 }

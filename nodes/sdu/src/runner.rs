@@ -138,6 +138,39 @@ fn units(chunk: Vec<Result<DiffItem, CallError>>) -> Vec<Unit> {
     out
 }
 
+/// A spawned task, awaited for its output and aborted when dropped (a stopped run stops
+/// its look-ups).
+struct Spawned<T>(tokio::task::JoinHandle<T>);
+
+impl<T: Send + 'static> Spawned<T> {
+    fn new(f: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        Spawned(tokio::spawn(f))
+    }
+}
+
+impl<T> Drop for Spawned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for Spawned<T> {
+    type Output = T;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        match std::pin::Pin::new(&mut self.0).poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(Ok(v)) => std::task::Poll::Ready(v),
+            // Cancelled: the runtime is shutting down, and this future with it.
+            std::task::Poll::Ready(Err(e)) if e.is_cancelled() => std::task::Poll::Pending,
+            // A panic in a look-up is a bug: pass it on.
+            std::task::Poll::Ready(Err(e)) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
 /// PEP's answer stream, in the chunks at hand (up to [`ANSWER_BATCH`]).
 type AnswerChunks =
     futures::stream::BoxStream<'static, Vec<Result<AnswerItem, CallError>>>;
@@ -518,10 +551,15 @@ impl Runner {
                             .flat_map(|chunk| futures::stream::iter(units(chunk)))
                             .boxed()
                     };
+                    // Each look-up runs as a task of its own, so that its answer is read as
+                    // it arrives even while this loop waits for a worker to take a case: an
+                    // answer left unread would hold the HTTP/2 connection's flow-control
+                    // window that the workers' calls need, and the workers would never free
+                    // the slot this loop waits for.
                     let looked = units
                         .map(move |unit| {
                             let (this, pilot, run) = (this.clone(), pilot2.clone(), run2.clone());
-                            async move {
+                            Spawned::new(async move {
                                 match unit {
                                     Unit::One(Ok(d)) => {
                                         let l = this.lookup(&run, &pilot, &d).await;
@@ -535,7 +573,7 @@ impl Runner {
                                         .map(Ok)
                                         .collect(),
                                 }
-                            }
+                            })
                         })
                         .buffered(self.cfg.concurrency.max(1))
                         .flat_map(futures::stream::iter);
@@ -1575,5 +1613,35 @@ impl Runner {
     /// The clock's now.
     pub(crate) fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_spawned_look_up_runs_without_being_polled_and_stops_when_dropped() {
+        // Runs on its own: its work is done before anyone awaits it.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let s = Spawned::new(async move {
+            let _ = tx.send(());
+            7
+        });
+        rx.await.unwrap();
+        assert_eq!(s.await, 7);
+
+        // Dropped: the task is aborted (its guard is dropped without it finishing).
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let s = Spawned::new(async move {
+            let _guard = tx;
+            std::future::pending::<()>().await;
+        });
+        tokio::task::yield_now().await;
+        drop(s);
+        let ended = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect("the task still runs after its handle was dropped");
+        assert!(ended.is_err(), "the task ended without sending: it was aborted");
     }
 }
