@@ -636,59 +636,56 @@ impl Runner {
         }
     }
 
+    /// Runs a diff's look-up until it succeeds, is refused for want of consent, fails for
+    /// good, or has failed `retry.max_attempts` times, pausing between tries as the retry
+    /// policy says.
+    async fn retrying<T, F>(&self, mut attempt: impl FnMut() -> F) -> Result<T, LookupFailure>
+    where
+        F: std::future::Future<Output = Result<T, CallError>>,
+    {
+        let mut failures = 0u32;
+        loop {
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    if let Some(scope) = e.consent_refused {
+                        return Err(LookupFailure::ConsentRefused { scope });
+                    }
+                    failures += 1;
+                    if !e.retryable || failures >= self.cfg.retry.max_attempts {
+                        return Err(LookupFailure::Failed { error: e.message });
+                    }
+                    tokio::time::sleep(self.cfg.retry.delay(failures)).await;
+                }
+            }
+        }
+    }
+
     /// Looks up one diff's permits (with retries), and opens its case when it has some.
     async fn lookup(&self, run: &RunRecord, pilot: &Pilot, d: &DiffItem) -> Looked {
         let Some(change) = &d.change else {
             return Looked::Skip;
         };
-        let mut failures = 0u32;
-        let result = loop {
-            let token = match change.subject {
-                Subject::Organization(_) => None,
-                Subject::Individual(iin) => {
-                    match self
-                        .bounded(
+        let result = self
+            .retrying(|| async {
+                let token = match change.subject {
+                    Subject::Organization(_) => None,
+                    Subject::Individual(iin) => Some(
+                        self.bounded(
                             "kdp.IssueToken",
                             self.up.issue_token(iin, SCOPE_PERMITS_READ),
                         )
-                        .await
-                    {
-                        Ok(t) => Some(t),
-                        Err(e) => {
-                            if let Some(scope) = e.consent_refused {
-                                break Err(LookupFailure::ConsentRefused { scope });
-                            }
-                            failures += 1;
-                            if !e.retryable || failures >= self.cfg.retry.max_attempts {
-                                break Err(LookupFailure::Failed { error: e.message });
-                            }
-                            tokio::time::sleep(self.cfg.retry.delay(failures)).await;
-                            continue;
-                        }
-                    }
-                }
-            };
-            match self
-                .bounded(
+                        .await?,
+                    ),
+                };
+                self.bounded(
                     "elicense.ListPermits",
                     self.up
                         .list_permits(&change.subject, &pilot.services, token.as_ref()),
                 )
                 .await
-            {
-                Ok(p) => break Ok(p),
-                Err(e) => {
-                    if let Some(scope) = e.consent_refused {
-                        break Err(LookupFailure::ConsentRefused { scope });
-                    }
-                    failures += 1;
-                    if !e.retryable || failures >= self.cfg.retry.max_attempts {
-                        break Err(LookupFailure::Failed { error: e.message });
-                    }
-                    tokio::time::sleep(self.cfg.retry.delay(failures)).await;
-                }
-            }
-        };
+            })
+            .await;
         looked(run, pilot, change, result, self.clock.now())
     }
 
@@ -709,28 +706,14 @@ impl Runner {
                 _ => None,
             })
             .collect();
-        let mut failures = 0u32;
-        let result = loop {
-            match self
-                .bounded(
+        let result = self
+            .retrying(|| {
+                self.bounded(
                     "elicense.ListPermitsByBins",
                     self.up.list_permits_by_bins(&bins, &pilot.services),
                 )
-                .await
-            {
-                Ok(found) => break Ok(found),
-                Err(e) => {
-                    if let Some(scope) = e.consent_refused {
-                        break Err(LookupFailure::ConsentRefused { scope });
-                    }
-                    failures += 1;
-                    if !e.retryable || failures >= self.cfg.retry.max_attempts {
-                        break Err(LookupFailure::Failed { error: e.message });
-                    }
-                    tokio::time::sleep(self.cfg.retry.delay(failures)).await;
-                }
-            }
-        };
+            })
+            .await;
         let now = self.clock.now();
         let mut found = match result {
             Ok(found) => Ok(found.into_iter()),
