@@ -697,13 +697,9 @@ impl Store for SqliteStore {
     }
 
     fn commit_diff(&self, d: DiffCommit<'_>) -> Result<DiffResult, StoreError> {
-        let mut c = self.w();
-        let tx = c
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let r = commit_diff_in(&tx, &d)?;
-        tx.commit().map_err(db)?;
-        Ok(r)
+        self.commit_diffs(std::slice::from_ref(&d))?
+            .pop()
+            .ok_or_else(|| StoreError::Backend("a diff committed without a result".into()))
     }
 
     /// One transaction for the whole batch: one WAL commit instead of one per diff.
@@ -737,15 +733,9 @@ impl Store for SqliteStore {
     }
 
     fn commit_case(&self, cc: CaseCommit<'_>) -> Result<CommitResult, StoreError> {
-        let mut c = self.w();
-        let tx = c
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let r = commit_case_in(&tx, &cc)?;
-        if r != CommitResult::Conflict {
-            tx.commit().map_err(db)?;
-        }
-        Ok(r)
+        self.commit_cases(std::slice::from_ref(&cc))?
+            .pop()
+            .ok_or_else(|| StoreError::Backend("a case committed without a result".into()))
     }
 
     /// One transaction for the whole batch: one WAL commit instead of one per case.
