@@ -141,7 +141,7 @@ where
         }
         let caller = req.extensions().get::<Caller>().map(|c| c.system.as_str().to_owned());
         match caller {
-            Some(c) if self.allowed.iter().any(|a| *a == c) => futures::future::Either::Right(self.inner.call(req)),
+            Some(c) if self.allowed.contains(&c) => futures::future::Either::Right(self.inner.call(req)),
             other => {
                 let who = other.unwrap_or_else(|| "(no system in certificate)".into());
                 let status = crate::status::error(

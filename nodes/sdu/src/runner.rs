@@ -756,7 +756,9 @@ impl Runner {
         }
         let rid = run.id.clone();
         let at = self.clock.now();
-        let items: Vec<(String, bool, Option<(Case, Vec<HistoryEntry>)>)> = items
+        // (cursor, counted, the case opened with its first history).
+        type Item = (String, bool, Option<(Case, Vec<HistoryEntry>)>);
+        let items: Vec<Item> = items
             .into_iter()
             .map(|(cursor, counted, looked)| {
                 let opened = match looked {

@@ -1084,11 +1084,12 @@ async fn answers_waiting_at_a_restart_are_taken_together_each_once() {
     let counts = h.report("sez-000", run_date()).unwrap().counts;
     assert_eq!((counts.answered_yes, counts.answered_no), (u64::from(N), 0));
     assert_eq!((counts.reissued, counts.open), (u64::from(N), 0));
-    let rec = env.fakes.rec();
-    // Two permits a case, each re-issued once; one SMS a case.
-    assert_eq!(rec.reissued.len(), 2 * N as usize);
-    assert_eq!(rec.reissue_replays, 0);
-    assert_eq!(rec.sent.len(), N as usize);
-    drop(rec);
+    {
+        let rec = env.fakes.rec();
+        // Two permits a case, each re-issued once; one SMS a case.
+        assert_eq!(rec.reissued.len(), 2 * N as usize);
+        assert_eq!(rec.reissue_replays, 0);
+        assert_eq!(rec.sent.len(), N as usize);
+    }
     sdu.kill().await;
 }

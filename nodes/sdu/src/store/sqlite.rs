@@ -494,13 +494,13 @@ fn commit_diff_in(tx: &rusqlite::Transaction<'_>, d: &DiffCommit<'_>) -> Result<
                 .map_err(db)?;
             }
             for h in history {
-                events.push(insert_step(&tx, &case.pilot_id, &case.run_id, &case.id, h)?);
+                events.push(insert_step(tx, &case.pilot_id, &case.run_id, &case.id, h)?);
             }
             delta = delta_of(case.state.class(), 1);
         }
     }
-    set_cursor_tx(&tx, &d.phase.cursor_name(d.run), d.cursor)?;
-    events.extend(touch_run(&tx, d.run, delta, i64::from(d.counted), d.at)?);
+    set_cursor_tx(tx, &d.phase.cursor_name(d.run), d.cursor)?;
+    events.extend(touch_run(tx, d.run, delta, i64::from(d.counted), d.at)?);
     Ok(DiffResult { opened, events })
 }
 
@@ -548,7 +548,7 @@ fn commit_case_in(tx: &rusqlite::Transaction<'_>, cc: &CaseCommit<'_>) -> Result
     }
     let mut events = Vec::with_capacity(cc.history.len() + 1);
     for h in cc.history {
-        events.push(insert_step(&tx, &case.pilot_id, &case.run_id, &case.id, h)?);
+        events.push(insert_step(tx, &case.pilot_id, &case.run_id, &case.id, h)?);
     }
     if let Some(h) = cc.holder {
         let permits = permits_json(&h.permits)?;
@@ -562,11 +562,11 @@ fn commit_case_in(tx: &rusqlite::Transaction<'_>, cc: &CaseCommit<'_>) -> Result
         .map_err(db)?;
     }
     if let Some((name, value)) = cc.cursor {
-        set_cursor_tx(&tx, name, value)?;
+        set_cursor_tx(tx, name, value)?;
     }
     if old_class != new_class {
         let delta = move_delta(old_class, new_class);
-        events.extend(touch_run(&tx, &case.run_id, delta, 0, cc.at)?);
+        events.extend(touch_run(tx, &case.run_id, delta, 0, cc.at)?);
     }
     Ok(CommitResult::Committed(events))
 }
