@@ -834,6 +834,54 @@ async fn a_rotated_bus_certificate_is_presented_to_upstreams_without_a_restart()
 }
 
 #[tokio::test]
+async fn an_upstream_that_comes_back_is_called_again() {
+    // GBD UL behind a relay: killing the relay is GBD UL going away, a new relay on the
+    // same port is GBD UL back.
+    let mut relay = None;
+    let mut target = None;
+    let w = World::start(|s| {
+        let ul = s.systems.get_mut("gbd-ul").unwrap();
+        let t = std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            Relay::port_of(ul.endpoint.as_deref().unwrap()),
+        ));
+        let r = Relay::start(t);
+        ul.endpoint = Some(format!("https://127.0.0.1:{}", r.port));
+        relay = Some(r);
+        target = Some(t);
+    })
+    .await;
+    let (relay, target) = (relay.unwrap(), target.unwrap());
+    let mut c = OrganizationRegistryClient::new(w.client("sdu"));
+    let ask = || gbdul::GetOrganizationRequest { bin: bin(1) };
+    c.get_organization(ask()).await.unwrap();
+
+    relay.kill();
+    let st = c.get_organization(ask()).await.unwrap_err();
+    assert_eq!(
+        (st.code(), reason(&st).as_str()),
+        (Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
+        "{st:?}"
+    );
+    assert_eq!(info_meta(&st)["upstream"], "gbd-ul");
+
+    // Back on the same address: the bus connects again on a later call (the first may
+    // still meet the closed connection), with no restart.
+    let _back = Relay::start_on(relay.port, target);
+    let mut ok = false;
+    for _ in 0..50 {
+        if c.get_organization(ask()).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the bus did not reach GBD UL again once it was back");
+    c.get_organization(ask()).await.unwrap();
+    w.shutdown.trigger();
+}
+
+#[tokio::test]
 async fn an_unreachable_upstream_is_unavailable_and_named() {
     let w = World::start(|_| {}).await;
     let mut c = pep::portal_client::PortalClient::new(w.client("operator"));

@@ -675,7 +675,25 @@ pub struct Relay {
 impl Relay {
     /// Listens on a free loopback port and relays every connection to `target`.
     pub fn start(target: SocketAddr) -> Relay {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Relay::start_on(0, target)
+    }
+
+    /// Listens on `port` of loopback (0: a free one; a port a killed relay held is retried
+    /// for up to five seconds, while its listener closes) and relays every connection to
+    /// `target`.
+    pub fn start_on(port: u16, target: SocketAddr) -> Relay {
+        let mut tries = 0;
+        let std_listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot listen on 127.0.0.1:{port}: {e}"),
+            }
+        };
         std_listener.set_nonblocking(true).unwrap();
         let port = std_listener.local_addr().unwrap().port();
         let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
