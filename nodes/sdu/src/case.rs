@@ -693,6 +693,9 @@ pub struct Opening {
     pub new_name: SubjectName,
     /// The permits of the pilot's services the subject holds (active ones).
     pub permits: Vec<PermitItem>,
+    /// An organization's first head as GBD UL gave it with the name change; without it the
+    /// case asks GBD UL for the head.
+    pub head: Option<Iin>,
 }
 
 /// Why an individual's case ends as soon as it is opened: the permit look-up itself needs
@@ -714,8 +717,9 @@ fn entry(kind: StepKind, at: Timestamp, attempt: u32, detail: impl Into<String>)
     })
 }
 
-/// Opens a case: returns it and its first history entries. An organization starts by
-/// resolving its first head; an individual is the recipient and starts with consent.
+/// Opens a case: returns it and its first history entries. An organization whose change
+/// came with its first head has it as recipient, else starts by asking GBD UL for it; an
+/// individual is the recipient. Either way with a recipient the case starts with consent.
 pub fn open(o: Opening, now: Timestamp) -> (Case, Vec<Effect>) {
     let id = CaseId::of(&o.run_id, &o.subject);
     let permits = o
@@ -730,7 +734,18 @@ pub fn open(o: Opening, now: Timestamp) -> (Case, Vec<Effect>) {
         format!("permits: {}", permits.join(", ")),
     )];
     let (recipient, state) = match o.subject {
-        Subject::Organization(_) => (None, State::ResolveRecipient),
+        Subject::Organization(_) => match o.head {
+            None => (None, State::ResolveRecipient),
+            Some(iin) => {
+                fx.push(entry(
+                    StepKind::RecipientResolved,
+                    now,
+                    0,
+                    format!("{iin} (first head, with the GBD UL change)"),
+                ));
+                (Some(iin), State::CheckConsent)
+            }
+        },
         Subject::Individual(iin) => {
             fx.push(entry(
                 StepKind::RecipientResolved,
@@ -1223,6 +1238,7 @@ mod tests {
             pilot_id: "sez-000".into(),
             date: date(2026, 2, 3),
             subject,
+            head: None,
             old_name: SubjectName::Organization {
                 ru: "ТОО А".into(),
                 kk: "А ЖШС".into(),
@@ -1310,6 +1326,31 @@ mod tests {
             self.on(Event::PersonChecked(PersonFacts::default()), now);
             assert_eq!(self.last_call, Some(Call::Notify { attempt: 1 }));
         }
+    }
+
+    #[test]
+    fn a_head_given_with_the_change_is_the_recipient_without_asking_gbd_ul() {
+        let w = world();
+        let now = t("2026-02-03T05:00:00Z");
+        let head = valid_iin(3);
+        let d = Drive::new(
+            &w,
+            "sez-000",
+            Opening {
+                head: Some(head),
+                ..opening(Subject::Organization(valid_bin()), 1)
+            },
+            now,
+        );
+        assert_eq!(d.case.recipient, Some(head));
+        assert_eq!(d.kinds(), vec![StepKind::Opened, StepKind::RecipientResolved]);
+        assert!(d.history[1].detail.contains(&head.to_string()));
+        // Straight to consent for the head: no GBD UL call.
+        assert!(
+            matches!(&d.last_call, Some(Call::CheckConsent { iin, .. }) if *iin == head),
+            "{:?}",
+            d.last_call
+        );
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub struct NameChange {
     pub old_name: SubjectName,
     /// After.
     pub new_name: SubjectName,
+    /// An organization's first head on the change date, as GBD UL gives it with the change
+    /// (`None`: none given, or malformed; the case then asks GBD UL).
+    pub head: Option<Iin>,
 }
 
 /// The result of PEP `Notify`.
@@ -288,6 +291,9 @@ impl Upstream {
                 subject: Subject::Organization(bin),
                 old_name: org_name(c.old_name.as_ref()),
                 new_name: org_name(c.new_name.as_ref()),
+                head: (!c.head_iin.is_empty())
+                    .then(|| Iin::parse(&c.head_iin).ok())
+                    .flatten(),
             });
             if change.is_none() {
                 tracing::warn!(bin = %c.bin, "GBD UL name change with a malformed BIN skipped");
@@ -339,6 +345,7 @@ impl Upstream {
                     subject: Subject::Individual(iin),
                     old_name: old,
                     new_name: new,
+                    head: None,
                 }),
                 _ => None,
             };

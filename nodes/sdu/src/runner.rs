@@ -237,6 +237,7 @@ fn looked(
         old_name: change.old_name.clone(),
         new_name: change.new_name.clone(),
         permits,
+        head: change.head,
     };
     let (case, fx) = match result {
         Ok(permits) if permits.is_empty() => return Looked::NoPermits,

@@ -122,6 +122,7 @@ fn opening(run: &RunId, subject: Subject, permits: usize) -> Opening {
         pilot_id: "sez-000".into(),
         date: date(2026, 2, 3),
         subject,
+        head: None,
         old_name: SubjectName::Organization {
             ru: "ТОО «Старое»".into(),
             kk: "«Ескі» ЖШС".into(),
