@@ -328,17 +328,6 @@ impl SyncChannel for Envelope {
                     Some(data),
                 )))
             }
-            Err(st) if crate::forward::is_timeout(&st) => {
-                let r = Refused::new(
-                    Code::DeadlineExceeded,
-                    format!(
-                        "upstream {system} ({endpoint}) did not answer within the call's deadline"
-                    ),
-                    "UPSTREAM_TIMEOUT",
-                    [("upstream", system.clone())],
-                );
-                Err(guard.refuse(r).await)
-            }
             Err(st) if std::error::Error::source(&st).is_some() => {
                 // The transport failed: not the upstream's answer.
                 let r = Refused::new(

@@ -473,18 +473,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-/// True when the channel gave up because of the request's `grpc-timeout`.
-pub(crate) fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(c) = cur {
-        if c.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        cur = c.source();
-    }
-    false
-}
-
 fn upstream_unavailable(up: &Upstream, why: &str) -> Refused {
     Refused::new(
         Code::Unavailable,
@@ -575,13 +563,9 @@ async fn forward(
     let resp = match res {
         Ok(r) => r,
         Err(e) => {
-            let r = taken(&p.slot).unwrap_or_else(|| {
-                if is_timeout(&e) {
-                    upstream_timeout(&p.upstream, "within the call's deadline")
-                } else {
-                    upstream_unavailable(&p.upstream, &error_chain(&e))
-                }
-            });
+            // The deadline is the `timeout_at` above: an error here is the transport's.
+            let r = taken(&p.slot)
+                .unwrap_or_else(|| upstream_unavailable(&p.upstream, &error_chain(&e)));
             return wire::status_response(guard.refuse(r).await);
         }
     };

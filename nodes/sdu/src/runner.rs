@@ -103,6 +103,16 @@ enum Looked {
     Open(Box<(Case, Vec<HistoryEntry>)>),
 }
 
+impl Looked {
+    /// The case opened, with its first history entries.
+    fn opened(&self) -> Option<(&Case, &[HistoryEntry])> {
+        match self {
+            Looked::Open(b) => Some((&b.0, b.1.as_slice())),
+            Looked::Skip | Looked::NoPermits => None,
+        }
+    }
+}
+
 /// The result of looking up one diff item: its cursor, whether it is a change that counts,
 /// and what was found.
 type LookedItem = (String, bool, Looked);
@@ -175,17 +185,37 @@ impl<T> std::future::Future for Spawned<T> {
 type AnswerChunks =
     futures::stream::BoxStream<'static, Vec<Result<AnswerItem, CallError>>>;
 
-/// The answers of a chunk up to its first error, and that error: a stream that broke ends
-/// with it.
-fn answers_of(chunk: Vec<Result<AnswerItem, CallError>>) -> (Vec<AnswerItem>, Option<CallError>) {
-    let mut answers = Vec::with_capacity(chunk.len());
+/// A case stepped through one event: the new case, its history entries and holder data,
+/// the call due, and whether anything changed at all.
+struct Stepped {
+    next: Case,
+    history: Vec<HistoryEntry>,
+    holder: Option<HolderUpdate>,
+    call: Option<(Duration, Call)>,
+    changed: bool,
+}
+
+/// The event of an answer from PEP; `now` when PEP gave no time.
+fn answer_event(a: &AnswerItem, now: Timestamp) -> Event {
+    Event::Answer {
+        attempt: a.attempt,
+        sms_id: a.sms_id.clone(),
+        text: a.text.clone(),
+        received_at: a.received_at.unwrap_or(now),
+    }
+}
+
+/// The items of a chunk of a stream up to its first error, and that error: a stream that
+/// broke ends with it.
+fn ok_prefix<T>(chunk: Vec<Result<T, CallError>>) -> (Vec<T>, Option<CallError>) {
+    let mut items = Vec::with_capacity(chunk.len());
     for item in chunk {
         match item {
-            Ok(a) => answers.push(a),
-            Err(e) => return (answers, Some(e)),
+            Ok(a) => items.push(a),
+            Err(e) => return (items, Some(e)),
         }
     }
-    (answers, None)
+    (items, None)
 }
 
 fn split(
@@ -584,16 +614,8 @@ impl Runner {
                     futures::pin_mut!(looked);
                     let mut broken = None;
                     while let Some(chunk) = looked.next().await {
-                        let mut items = Vec::with_capacity(chunk.len());
-                        for r in chunk {
-                            match r {
-                                Ok(item) => items.push(item),
-                                Err(e) => {
-                                    broken = Some(e);
-                                    break;
-                                }
-                            }
-                        }
+                        let (items, err) = ok_prefix(chunk);
+                        broken = err;
                         if !items.is_empty() {
                             failures = 0;
                         }
@@ -757,30 +779,18 @@ impl Runner {
         }
         let rid = run.id.clone();
         let at = self.clock.now();
-        // (cursor, counted, the case opened with its first history).
-        type Item = (String, bool, Option<(Case, Vec<HistoryEntry>)>);
-        let items: Vec<Item> = items
-            .into_iter()
-            .map(|(cursor, counted, looked)| {
-                let opened = match looked {
-                    Looked::Open(b) => Some(*b),
-                    Looked::Skip | Looked::NoPermits => None,
-                };
-                (cursor, counted, opened)
-            })
-            .collect();
         let items = Arc::new(items);
         let i2 = items.clone();
         let results = self
             .st(move |s| {
                 let commits: Vec<DiffCommit<'_>> = i2
                     .iter()
-                    .map(|(cursor, counted, opened)| DiffCommit {
+                    .map(|(cursor, counted, looked)| DiffCommit {
                         run: &rid,
                         phase,
                         cursor,
                         counted: *counted,
-                        opened: opened.as_ref().map(|(c, h)| (c, h.as_slice())),
+                        opened: looked.opened(),
                         at,
                     })
                     .collect();
@@ -788,13 +798,13 @@ impl Runner {
             })
             .await?;
         let mut opened = 0;
-        for ((_, _, case), res) in items.iter().zip(results) {
+        for ((_, _, looked), res) in items.iter().zip(results) {
             self.publish(res.events);
             if !res.opened {
                 continue;
             }
             opened += 1;
-            if let Some((c, _)) = case.as_ref().filter(|(c, _)| c.state.class() == case::StateClass::Active) {
+            if let Some((c, _)) = looked.opened().filter(|(c, _)| c.state.class() == case::StateClass::Active) {
                 self.dispatch(c.id.clone()).await;
             }
         }
@@ -866,6 +876,28 @@ impl Runner {
         self.st(move |s| s.case(&id2)).await
     }
 
+    /// Steps a case through `event`; `None` (logged) when its pilot is no longer in the
+    /// catalog: the case is then left as it is.
+    fn step_case(&self, case: &Case, event: Event, now: Timestamp) -> Option<Stepped> {
+        let pilot = match self.pilots.get(&case.pilot_id) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(case = %case.id, error = %e, "the case's pilot is no longer in the catalog; the case is left as it is");
+                return None;
+            }
+        };
+        let (next, fx) = case::step(case, event, now, pilot, &self.calendar, &self.cfg.retry);
+        let (history, holder, call) = split(fx);
+        let changed = next != *case || !history.is_empty() || holder.is_some();
+        Some(Stepped {
+            next,
+            history,
+            holder,
+            call,
+            changed,
+        })
+    }
+
     /// Steps the case with `event`, commits (replaying on a conflict on the fresh case), and
     /// returns the case as committed with the call due, if any. `known` is the case as the
     /// caller last committed it (saves a read; a stale one only costs a conflict). `cursor`
@@ -896,25 +928,19 @@ impl Runner {
                     }
                 },
             };
-            let pilot = match self.pilots.get(&v.value.pilot_id) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(case = %id, error = %e, "the case's pilot is no longer in the catalog; the case is left as it is");
-                    self.save_cursor(cursor).await?;
-                    return Ok(None);
-                }
-            };
             let now = self.clock.now();
-            let (next, fx) = case::step(
-                &v.value,
-                event.clone(),
-                now,
-                pilot,
-                &self.calendar,
-                &self.cfg.retry,
-            );
-            let (mut history, holder, call) = split(fx);
-            if next == v.value && history.is_empty() && holder.is_none() {
+            let Some(Stepped {
+                next,
+                mut history,
+                holder,
+                call,
+                changed,
+            }) = self.step_case(&v.value, event.clone(), now)
+            else {
+                self.save_cursor(cursor).await?;
+                return Ok(None);
+            };
+            if !changed {
                 self.save_cursor(cursor).await?;
                 return Ok(Some((v, call)));
             }
@@ -1219,13 +1245,7 @@ impl Runner {
     async fn take_answer(self: &Arc<Self>, a: AnswerItem) -> Result<(), StoreError> {
         // An answer for a case that is not ours (another consumer of PEP) only moves the cursor.
         let id = CaseId(a.case_id.clone());
-        let received_at = a.received_at.unwrap_or_else(|| self.clock.now());
-        let ev = Event::Answer {
-            attempt: a.attempt,
-            sms_id: a.sms_id,
-            text: a.text,
-            received_at,
-        };
+        let ev = answer_event(&a, self.clock.now());
         if let Some((_, Some(_))) = self
             .apply(&id, ev, Some((ANSWER_CURSOR.to_owned(), a.cursor)), None, None)
             .await?
@@ -1279,34 +1299,22 @@ impl Runner {
         for (i, (a, v)) in batch.iter().zip(loaded).enumerate() {
             // An answer for a case that is not ours only moves the cursor.
             let Some(v) = v else { continue };
-            let pilot = match self.pilots.get(&v.value.pilot_id) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!(case = %v.value.id, error = %e, "the case's pilot is no longer in the catalog; the case is left as it is");
-                    continue;
-                }
+            let Some(st) = self.step_case(&v.value, answer_event(a, now), now) else {
+                continue;
             };
-            let ev = Event::Answer {
-                attempt: a.attempt,
-                sms_id: a.sms_id.clone(),
-                text: a.text.clone(),
-                received_at: a.received_at.unwrap_or(now),
-            };
-            let (next, fx) = case::step(&v.value, ev, now, pilot, &self.calendar, &self.cfg.retry);
-            let (history, holder, call) = split(fx);
-            if next == v.value && history.is_empty() && holder.is_none() {
-                if call.is_some() {
+            if !st.changed {
+                if st.call.is_some() {
                     unchanged.push((i, v.value.id.clone()));
                 }
                 continue;
             }
             plans.push(Planned {
                 item: i,
-                case: next,
+                case: st.next,
                 version: v.version,
-                history,
-                holder,
-                call: call.is_some(),
+                history: st.history,
+                holder: st.holder,
+                call: st.call.is_some(),
                 cursor: a.cursor.clone(),
             });
         }
@@ -1377,7 +1385,7 @@ impl Runner {
             .await?;
         let mut chunks = s.ready_chunks(ANSWER_BATCH);
         while let Some(chunk) = chunks.next().await {
-            let (batch, broken) = answers_of(chunk);
+            let (batch, broken) = ok_prefix(chunk);
             self.take_answers(batch).await.map_err(|e| CallError {
                 message: e.to_string(),
                 retryable: true,
@@ -1442,7 +1450,7 @@ impl Runner {
                 _ = self.stopped() => return,
                 chunk = next => match chunk {
                     Some(chunk) => {
-                        let (batch, broken) = answers_of(chunk);
+                        let (batch, broken) = ok_prefix(chunk);
                         if !batch.is_empty() {
                             failures = 0;
                         }
