@@ -866,3 +866,58 @@ fn postgres_a_lost_session_frees_the_lock_and_the_old_store_fails_rather_than_wr
     assert!(matches!(e, StoreError::Backend(_)), "{e}");
     assert_eq!(new.run(&run.id).unwrap().unwrap().phase, DiffPhase::GbdUl);
 }
+
+/// SQLite keeps the funnel by triggers (migration 2). A database written before them gets
+/// its counts from the cases when it is migrated, and they go on from there.
+#[test]
+fn sqlite_migration_2_counts_the_funnel_of_an_older_database() {
+    let lite = Sqlite::new();
+    let before = {
+        let s = lite.open().unwrap();
+        scenario(s.as_ref()).0
+    };
+    lite.exec(
+        "DROP TRIGGER cases_funnel_insert; DROP TRIGGER cases_funnel_update; DROP TABLE run_funnel; \
+         UPDATE schema_version SET version = 1;",
+    );
+    let s = lite.open().unwrap();
+    let run = RunId::of("sez-000", date(2026, 2, 3));
+    assert_eq!(s.funnel(&run).unwrap(), before, "backfilled from the cases");
+    assert_eq!(before.open, 1, "{before:?}");
+    // The waiting case answers and is re-issued: the counts move on from the backfill.
+    let waiting = s.cases(&run, CaseFilter::All, None, 100).unwrap();
+    let id = waiting
+        .iter()
+        .find(|c| matches!(c.state, State::AwaitAnswer { .. }))
+        .map(|c| c.id.clone())
+        .unwrap();
+    apply(
+        s.as_ref(),
+        &id,
+        Event::Answer {
+            attempt: 1,
+            sms_id: "sms-6".into(),
+            text: "1".into(),
+            received_at: now(),
+        },
+        None,
+    );
+    let permits = s.case(&id).unwrap().unwrap().value.permits.len();
+    for index in 0..permits {
+        apply(
+            s.as_ref(),
+            &id,
+            Event::Reissued {
+                index,
+                new_number: format!("N-6-{index}"),
+            },
+            None,
+        );
+    }
+    let after = s.funnel(&run).unwrap();
+    assert_eq!(
+        (after.open, after.answered_yes, after.reissued),
+        (0, before.answered_yes + 1, before.reissued + 1),
+        "{after:?}"
+    );
+}

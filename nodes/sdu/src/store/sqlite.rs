@@ -105,6 +105,103 @@ CREATE TABLE holders (
     PRIMARY KEY (subject_tag, subject_id)
 );
 "#,
+    // 2: the funnel of each run kept by triggers, so a report reads one row instead of
+    // scanning the run's cases (and holding the read connection while it does).
+    r#"
+CREATE TABLE run_funnel (
+    run_id                   TEXT PRIMARY KEY,
+    with_permits             INTEGER NOT NULL DEFAULT 0,
+    recipients               INTEGER NOT NULL DEFAULT 0,
+    sms_sent                 INTEGER NOT NULL DEFAULT 0,
+    sms_resent               INTEGER NOT NULL DEFAULT 0,
+    answered_yes             INTEGER NOT NULL DEFAULT 0,
+    answered_no              INTEGER NOT NULL DEFAULT 0,
+    open                     INTEGER NOT NULL DEFAULT 0,
+    reissued                 INTEGER NOT NULL DEFAULT 0,
+    no_answer                INTEGER NOT NULL DEFAULT 0,
+    no_phone                 INTEGER NOT NULL DEFAULT 0,
+    no_consent               INTEGER NOT NULL DEFAULT 0,
+    excluded_dead_or_missing INTEGER NOT NULL DEFAULT 0,
+    excluded_abroad          INTEGER NOT NULL DEFAULT 0,
+    excluded_incapable       INTEGER NOT NULL DEFAULT 0,
+    excluded_imprisoned      INTEGER NOT NULL DEFAULT 0,
+    failed                   INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO run_funnel
+SELECT run_id,
+    SUM(n_permits > 0), SUM(n_permits > 0 AND recipient_iin IS NOT NULL),
+    SUM(sms_attempts >= 1), SUM(sms_attempts >= 2),
+    SUM(answer IS 'agree'), SUM(answer IS 'refuse'), SUM(class != 2),
+    SUM(outcome IS 'REISSUED'), SUM(outcome IS 'NO_ANSWER'), SUM(outcome IS 'NO_PHONE'),
+    SUM(outcome IS 'NO_CONSENT'), SUM(outcome IS 'EXCLUDED_DEAD_OR_MISSING'),
+    SUM(outcome IS 'EXCLUDED_ABROAD'), SUM(outcome IS 'EXCLUDED_INCAPABLE'),
+    SUM(outcome IS 'EXCLUDED_IMPRISONED'), SUM(outcome IS 'FAILED')
+FROM cases GROUP BY run_id;
+CREATE TRIGGER cases_funnel_insert AFTER INSERT ON cases BEGIN
+    INSERT OR IGNORE INTO run_funnel (run_id) VALUES (NEW.run_id);
+    UPDATE run_funnel SET
+        with_permits = with_permits + (NEW.n_permits > 0),
+        recipients = recipients + (NEW.n_permits > 0 AND NEW.recipient_iin IS NOT NULL),
+        sms_sent = sms_sent + (NEW.sms_attempts >= 1),
+        sms_resent = sms_resent + (NEW.sms_attempts >= 2),
+        answered_yes = answered_yes + (NEW.answer IS 'agree'),
+        answered_no = answered_no + (NEW.answer IS 'refuse'),
+        open = open + (NEW.class != 2),
+        reissued = reissued + (NEW.outcome IS 'REISSUED'),
+        no_answer = no_answer + (NEW.outcome IS 'NO_ANSWER'),
+        no_phone = no_phone + (NEW.outcome IS 'NO_PHONE'),
+        no_consent = no_consent + (NEW.outcome IS 'NO_CONSENT'),
+        excluded_dead_or_missing = excluded_dead_or_missing + (NEW.outcome IS 'EXCLUDED_DEAD_OR_MISSING'),
+        excluded_abroad = excluded_abroad + (NEW.outcome IS 'EXCLUDED_ABROAD'),
+        excluded_incapable = excluded_incapable + (NEW.outcome IS 'EXCLUDED_INCAPABLE'),
+        excluded_imprisoned = excluded_imprisoned + (NEW.outcome IS 'EXCLUDED_IMPRISONED'),
+        failed = failed + (NEW.outcome IS 'FAILED')
+    WHERE run_id = NEW.run_id;
+END;
+CREATE TRIGGER cases_funnel_update AFTER UPDATE ON cases
+WHEN OLD.n_permits IS NOT NEW.n_permits OR OLD.recipient_iin IS NOT NEW.recipient_iin
+    OR OLD.sms_attempts IS NOT NEW.sms_attempts OR OLD.answer IS NOT NEW.answer
+    OR OLD.class IS NOT NEW.class OR OLD.outcome IS NOT NEW.outcome OR OLD.run_id IS NOT NEW.run_id
+BEGIN
+    INSERT OR IGNORE INTO run_funnel (run_id) VALUES (NEW.run_id);
+    UPDATE run_funnel SET
+        with_permits = with_permits - (OLD.n_permits > 0),
+        recipients = recipients - (OLD.n_permits > 0 AND OLD.recipient_iin IS NOT NULL),
+        sms_sent = sms_sent - (OLD.sms_attempts >= 1),
+        sms_resent = sms_resent - (OLD.sms_attempts >= 2),
+        answered_yes = answered_yes - (OLD.answer IS 'agree'),
+        answered_no = answered_no - (OLD.answer IS 'refuse'),
+        open = open - (OLD.class != 2),
+        reissued = reissued - (OLD.outcome IS 'REISSUED'),
+        no_answer = no_answer - (OLD.outcome IS 'NO_ANSWER'),
+        no_phone = no_phone - (OLD.outcome IS 'NO_PHONE'),
+        no_consent = no_consent - (OLD.outcome IS 'NO_CONSENT'),
+        excluded_dead_or_missing = excluded_dead_or_missing - (OLD.outcome IS 'EXCLUDED_DEAD_OR_MISSING'),
+        excluded_abroad = excluded_abroad - (OLD.outcome IS 'EXCLUDED_ABROAD'),
+        excluded_incapable = excluded_incapable - (OLD.outcome IS 'EXCLUDED_INCAPABLE'),
+        excluded_imprisoned = excluded_imprisoned - (OLD.outcome IS 'EXCLUDED_IMPRISONED'),
+        failed = failed - (OLD.outcome IS 'FAILED')
+    WHERE run_id = OLD.run_id;
+    UPDATE run_funnel SET
+        with_permits = with_permits + (NEW.n_permits > 0),
+        recipients = recipients + (NEW.n_permits > 0 AND NEW.recipient_iin IS NOT NULL),
+        sms_sent = sms_sent + (NEW.sms_attempts >= 1),
+        sms_resent = sms_resent + (NEW.sms_attempts >= 2),
+        answered_yes = answered_yes + (NEW.answer IS 'agree'),
+        answered_no = answered_no + (NEW.answer IS 'refuse'),
+        open = open + (NEW.class != 2),
+        reissued = reissued + (NEW.outcome IS 'REISSUED'),
+        no_answer = no_answer + (NEW.outcome IS 'NO_ANSWER'),
+        no_phone = no_phone + (NEW.outcome IS 'NO_PHONE'),
+        no_consent = no_consent + (NEW.outcome IS 'NO_CONSENT'),
+        excluded_dead_or_missing = excluded_dead_or_missing + (NEW.outcome IS 'EXCLUDED_DEAD_OR_MISSING'),
+        excluded_abroad = excluded_abroad + (NEW.outcome IS 'EXCLUDED_ABROAD'),
+        excluded_incapable = excluded_incapable + (NEW.outcome IS 'EXCLUDED_INCAPABLE'),
+        excluded_imprisoned = excluded_imprisoned + (NEW.outcome IS 'EXCLUDED_IMPRISONED'),
+        failed = failed + (NEW.outcome IS 'FAILED')
+    WHERE run_id = NEW.run_id;
+END;
+"#,
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -853,28 +950,37 @@ impl Store for SqliteStore {
             diffs: rec.diffs,
             ..Default::default()
         };
-        let sums: [i64; 7] = c
-            .query_row(
-                "SELECT COALESCE(SUM(n_permits > 0), 0), COALESCE(SUM(n_permits > 0 AND recipient_iin IS NOT NULL), 0), \
-                 COALESCE(SUM(sms_attempts >= 1), 0), COALESCE(SUM(sms_attempts >= 2), 0), \
-                 COALESCE(SUM(answer = 'agree'), 0), COALESCE(SUM(answer = 'refuse'), 0), COALESCE(SUM(class != 2), 0) \
-                 FROM cases WHERE run_id = ?1",
-                [&run.0],
-                |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?]),
+        // Kept by the triggers of migration 2; no row yet: a run without cases.
+        let row: Option<[i64; 16]> = c
+            .prepare_cached(
+                "SELECT with_permits, recipients, sms_sent, sms_resent, answered_yes, answered_no, open, \
+                 reissued, no_answer, no_phone, no_consent, excluded_dead_or_missing, excluded_abroad, \
+                 excluded_incapable, excluded_imprisoned, failed FROM run_funnel WHERE run_id = ?1",
             )
-            .map_err(db)?;
-        funnel_sums(&mut f, sums);
-        let mut st = c
-            .prepare_cached("SELECT outcome, COUNT(*) FROM cases WHERE run_id = ?1 AND outcome IS NOT NULL GROUP BY outcome")
-            .map_err(db)?;
-        let rows = st
-            .query_map([&run.0], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            .map_err(db)?
+            .query_row([&run.0], |r| {
+                let mut v = [0i64; 16];
+                for (i, x) in v.iter_mut().enumerate() {
+                    *x = r.get(i)?;
+                }
+                Ok(v)
             })
+            .optional()
             .map_err(db)?;
-        for r in rows {
-            let (o, n) = r.map_err(db)?;
-            funnel_outcome(&mut f, &o, n)?;
+        let Some(v) = row else { return Ok(f) };
+        funnel_sums(&mut f, [v[0], v[1], v[2], v[3], v[4], v[5], v[6]]);
+        for (o, n) in [
+            ("REISSUED", v[7]),
+            ("NO_ANSWER", v[8]),
+            ("NO_PHONE", v[9]),
+            ("NO_CONSENT", v[10]),
+            ("EXCLUDED_DEAD_OR_MISSING", v[11]),
+            ("EXCLUDED_ABROAD", v[12]),
+            ("EXCLUDED_INCAPABLE", v[13]),
+            ("EXCLUDED_IMPRISONED", v[14]),
+            ("FAILED", v[15]),
+        ] {
+            funnel_outcome(&mut f, o, n)?;
         }
         Ok(f)
     }
