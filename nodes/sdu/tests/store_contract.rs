@@ -94,6 +94,7 @@ contract!(
     a_case_round_trips_and_commits_are_compare_and_swap,
     a_batch_of_commits_applies_in_order_up_to_the_first_conflict,
     a_batch_of_diffs_is_recorded_as_one_by_one,
+    concurrent_commits_each_get_their_own_result,
     listing_pages_by_case_id_and_filters,
     one_runner_per_database,
     a_newer_schema_is_refused,
@@ -920,4 +921,102 @@ fn sqlite_migration_2_counts_the_funnel_of_an_older_database() {
         (0, before.answered_yes + 1, before.reissued + 1),
         "{after:?}"
     );
+}
+
+/// Many threads commit at once (SQLite then commits them together): each gets the result of
+/// its own change. Threads with their own case all commit; two threads changing one case
+/// from the same version get one commit and one conflict.
+fn concurrent_commits_each_get_their_own_result(b: &dyn Backend) {
+    let store = b.open().unwrap();
+    let s = store.as_ref();
+    let (run, ..) = s.create_run("sez-000", date(2026, 2, 3), now()).unwrap();
+    let ids: Vec<CaseId> = (1..=8)
+        .map(|n| {
+            let (case, fx) = case::open(opening(&run.id, Subject::Organization(bin(n)), 1), now());
+            s.commit_diff(DiffCommit {
+                run: &run.id,
+                phase: DiffPhase::GbdUl,
+                counted: true,
+                cursor: "d",
+                opened: Some((&case, &history_of(&fx))),
+                at: now(),
+            })
+            .unwrap();
+            case.id
+        })
+        .collect();
+    let rounds = 20u16;
+    let barrier = std::sync::Barrier::new(ids.len() + 2);
+    let raced = std::sync::atomic::AtomicU32::new(0);
+    let read = std::sync::Barrier::new(2);
+    std::thread::scope(|t| {
+        for (n, id) in ids.iter().enumerate().skip(1) {
+            let barrier = &barrier;
+            t.spawn(move || {
+                barrier.wait();
+                for r in 0..rounds {
+                    let v = s.case(id).unwrap().unwrap();
+                    let mut next = v.value.clone();
+                    next.recipient = Some(iin(n as u16 * 30 + r));
+                    let step = HistoryEntry {
+                        kind: case::StepKind::RecipientResolved,
+                        at: now(),
+                        attempt: 0,
+                        detail: format!("round {r}"),
+                    };
+                    let res = s
+                        .commit_case(CaseCommit {
+                            case: &next,
+                            expected_version: v.version,
+                            history: std::slice::from_ref(&step),
+                            holder: None,
+                            cursor: None,
+                            at: now(),
+                        })
+                        .unwrap();
+                    assert!(matches!(res, CommitResult::Committed(ref e) if e.len() == 1), "{res:?}");
+                }
+            });
+        }
+        // Two threads, one case: each round both commit from the version they both read.
+        for who in 0..2u16 {
+            let (barrier, read, raced, id) = (&barrier, &read, &raced, &ids[0]);
+            t.spawn(move || {
+                barrier.wait();
+                for r in 0..rounds {
+                    let v = s.case(id).unwrap().unwrap();
+                    read.wait();
+                    let mut next = v.value.clone();
+                    next.recipient = Some(iin(300 + r * 2 + who));
+                    let res = s
+                        .commit_case(CaseCommit {
+                            case: &next,
+                            expected_version: v.version,
+                            history: &[],
+                            holder: None,
+                            cursor: None,
+                            at: now(),
+                        })
+                        .unwrap();
+                    if matches!(res, CommitResult::Committed(_)) {
+                        raced.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    read.wait();
+                }
+            });
+        }
+        barrier.wait();
+    });
+    assert_eq!(
+        raced.load(std::sync::atomic::Ordering::SeqCst),
+        u32::from(rounds),
+        "one of the two commits of each round"
+    );
+    assert_eq!(s.case(&ids[0]).unwrap().unwrap().version, 1 + u64::from(rounds));
+    for (n, id) in ids.iter().enumerate().skip(1) {
+        let v = s.case(id).unwrap().unwrap();
+        assert_eq!(v.version, 1 + u64::from(rounds), "case {n}");
+        assert_eq!(v.value.recipient, Some(iin(n as u16 * 30 + rounds - 1)), "case {n}");
+        assert_eq!(s.history(id).unwrap().len(), 1 + usize::from(rounds), "case {n}");
+    }
 }

@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use jiff::Timestamp;
 use jiff::civil::Date;
@@ -226,6 +226,8 @@ pub struct SqliteStore {
     path: PathBuf,
     write: Mutex<Connection>,
     read: Mutex<Connection>,
+    /// Case commits waiting for the writer (see [`SqliteStore::commit_case`]).
+    pending: Mutex<Vec<Queued>>,
     // Held for the store's lifetime; the OS releases it when the process dies.
     _lock: File,
 }
@@ -352,6 +354,7 @@ impl SqliteStore {
             path: path.to_owned(),
             write: Mutex::new(write),
             read: Mutex::new(read),
+            pending: Mutex::new(Vec::new()),
             _lock: lock,
         })
     }
@@ -372,6 +375,62 @@ impl SqliteStore {
 
     fn r(&self) -> MutexGuard<'_, Connection> {
         self.read.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A case commit queued for the writer, and where its result goes.
+struct Queued {
+    case: Case,
+    expected_version: u64,
+    history: Vec<HistoryEntry>,
+    holder: Option<crate::case::HolderUpdate>,
+    cursor: Option<(String, String)>,
+    at: Timestamp,
+    result: Arc<Mutex<Option<Result<CommitResult, StoreError>>>>,
+}
+
+impl Queued {
+    fn commit(&self) -> CaseCommit<'_> {
+        CaseCommit {
+            case: &self.case,
+            expected_version: self.expected_version,
+            history: &self.history,
+            holder: self.holder.as_ref(),
+            cursor: self.cursor.as_ref().map(|(n, v)| (n.as_str(), v.as_str())),
+            at: self.at,
+        }
+    }
+}
+
+/// The queued commits in one transaction; their results once it has committed. Should one
+/// of them fail, the transaction is rolled back and each is committed alone, so that the
+/// failure is that one's result and the others go on.
+fn commit_queued(c: &mut Connection, batch: &[Queued]) -> Vec<Result<CommitResult, StoreError>> {
+    let together = (|| {
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let out = batch
+            .iter()
+            .map(|q| commit_case_in(&tx, &q.commit()))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().map_err(db)?;
+        Ok::<_, StoreError>(out)
+    })();
+    match together {
+        Ok(out) => out.into_iter().map(Ok).collect(),
+        Err(e) if batch.len() == 1 => vec![Err(e)],
+        Err(_) => batch
+            .iter()
+            .map(|q| {
+                let tx = c
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(db)?;
+                let r = commit_case_in(&tx, &q.commit())?;
+                tx.commit().map_err(db)?;
+                Ok(r)
+            })
+            .collect(),
     }
 }
 
@@ -829,10 +888,38 @@ impl Store for SqliteStore {
         }))
     }
 
+    /// Group commit: the commit is queued, then the writer is taken. Whoever takes it first
+    /// commits every queued change in one transaction and hands each its result; a caller
+    /// that finds its result there returns it. Workers committing at the same time thus
+    /// share one WAL commit, instead of writing the same pages (the run's counters, the
+    /// tail of the events, index pages) once each.
     fn commit_case(&self, cc: CaseCommit<'_>) -> Result<CommitResult, StoreError> {
-        self.commit_cases(std::slice::from_ref(&cc))?
-            .pop()
-            .ok_or_else(|| StoreError::Backend("a case committed without a result".into()))
+        let result = Arc::new(Mutex::new(None));
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Queued {
+                case: cc.case.clone(),
+                expected_version: cc.expected_version,
+                history: cc.history.to_vec(),
+                holder: cc.holder.cloned(),
+                cursor: cc.cursor.map(|(n, v)| (n.to_owned(), v.to_owned())),
+                at: cc.at,
+                result: result.clone(),
+            });
+        let take = |r: &Mutex<Option<_>>| r.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut c = self.w();
+        // A queued commit leaves the queue only with the writer held, and has its result
+        // before the writer is let go: done by another, or still queued for this one.
+        if let Some(r) = take(&result) {
+            return r;
+        }
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for (q, r) in batch.iter().zip(commit_queued(&mut c, &batch)) {
+            *q.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+        }
+        drop(c);
+        take(&result).unwrap_or_else(|| Err(StoreError::Backend("a case committed without a result".into())))
     }
 
     /// One transaction for the whole batch: one WAL commit instead of one per case.
@@ -1023,5 +1110,107 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         holder_from(*subject, &name, &permits, case_id, at).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::case::{Opening, PermitItem, SubjectName};
+
+    fn open_cases(s: &SqliteStore, n: u32) -> (RunId, Vec<Versioned<Case>>) {
+        let at: Timestamp = "2026-02-03T05:00:00Z".parse().unwrap();
+        let (run, ..) = s.create_run("sez-000", Date::constant(2026, 2, 3), at).unwrap();
+        let name = |s: &str| SubjectName::Organization { ru: s.into(), kk: s.into() };
+        let mut out = vec![];
+        for i in 0..n {
+            let bin = (i * 20..)
+                .find_map(|x| shep_domain::Bin::from_parts(2015, 3, 4, 0, x))
+                .unwrap();
+            let (case, fx) = crate::case::open(
+                Opening {
+                    run_id: run.id.clone(),
+                    pilot_id: "sez-000".into(),
+                    date: Date::constant(2026, 2, 3),
+                    subject: Subject::Organization(bin),
+                    old_name: name("old"),
+                    new_name: name("new"),
+                    permits: vec![PermitItem {
+                        number: format!("P-{i}"),
+                        service_code: "SEZ-OBJ".into(),
+                        new_number: None,
+                    }],
+                    head: None,
+                },
+                at,
+            );
+            let hist: Vec<HistoryEntry> = fx
+                .into_iter()
+                .filter_map(|e| match e {
+                    crate::case::Effect::History(h) => Some(h),
+                    _ => None,
+                })
+                .collect();
+            s.commit_diff(DiffCommit {
+                run: &run.id,
+                phase: DiffPhase::GbdUl,
+                counted: true,
+                cursor: "c",
+                opened: Some((&case, &hist)),
+                at,
+            })
+            .unwrap();
+            out.push(s.case(&case.id).unwrap().unwrap());
+        }
+        (run.id, out)
+    }
+
+    /// Commits queued together are independent: the one that fails is undone alone and
+    /// gets its error; the others commit.
+    #[test]
+    fn a_failing_commit_of_a_group_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("sdu.db")).unwrap();
+        let (_, cases) = open_cases(&s, 3);
+        let victim = cases[1].value.id.0.clone();
+        s.w()
+            .execute_batch(&format!(
+                "CREATE TRIGGER boom BEFORE UPDATE ON cases WHEN NEW.case_id = '{victim}' \
+                 BEGIN SELECT RAISE(ABORT, 'boom'); END;"
+            ))
+            .unwrap();
+        let at = cases[0].value.opened_at;
+        let batch: Vec<Queued> = cases
+            .iter()
+            .map(|v| Queued {
+                case: Case {
+                    failures: 7,
+                    ..v.value.clone()
+                },
+                expected_version: v.version,
+                history: vec![HistoryEntry {
+                    kind: crate::case::StepKind::CallFailed,
+                    at,
+                    attempt: 0,
+                    detail: "x".into(),
+                }],
+                holder: None,
+                cursor: Some(("pep".into(), v.value.id.0.clone())),
+                at,
+                result: Arc::new(Mutex::new(None)),
+            })
+            .collect();
+        let results = commit_queued(&mut s.w(), &batch);
+        assert!(matches!(results[0], Ok(CommitResult::Committed(_))), "{results:?}");
+        assert!(matches!(&results[1], Err(e) if e.to_string().contains("boom")), "{results:?}");
+        assert!(matches!(results[2], Ok(CommitResult::Committed(_))), "{results:?}");
+        for (i, v) in cases.iter().enumerate() {
+            let now = s.case(&v.value.id).unwrap().unwrap();
+            let (version, failures, steps) = if i == 1 { (1, 0, 1) } else { (2, 7, 2) };
+            assert_eq!((now.version, now.value.failures), (version, failures), "case {i}");
+            assert_eq!(s.history(&v.value.id).unwrap().len(), steps, "case {i}");
+        }
+        // The cursor of the last commit that went through.
+        assert_eq!(s.cursor("pep").unwrap(), Some(cases[2].value.id.0.clone()));
     }
 }
