@@ -418,8 +418,8 @@ impl BusSettings {
     /// key `metrics` sets the metrics port, default 9000), and the access matrix that the
     /// proactive algorithm needs and nothing more:
     ///
-    /// - `sdu`: GBD UL, GBD FL, ZAGS, e-license (all methods), KDP `IssueToken`, PEP
-    ///   `Notify` and `StreamAnswers`;
+    /// - `sdu`: GBD UL, GBD FL, ZAGS, e-license (all methods), KDP `IssueToken` and
+    ///   `IssueTokens`, PEP `Notify` and `StreamAnswers`;
     /// - `pep`: BMG `GetMobileNumber`, KDP `IssueToken`;
     /// - `expertiza`, `sur`: GBD UL (reads), e-license `ListPermits`, `ListPermitsByBins`,
     ///   `GetPermit`, `ListCabinetNotifications`;
@@ -454,6 +454,7 @@ impl BusSettings {
             "kz.gov.zags.v1.CivilActRegistry/*",
             "kz.gov.elicense.v1.PermitRegistry/*",
             "kz.gov.kdp.v1.ConsentService/IssueToken",
+            "kz.gov.kdp.v1.ConsentService/IssueTokens",
             "kz.gov.pep.v1.Portal/Notify",
             "kz.gov.pep.v1.Portal/StreamAnswers",
         ] {
@@ -617,6 +618,17 @@ mod tests {
         }
         assert!(m.decide("sdu", by_bins).is_ok() && m.decide("sur", by_bins).is_ok());
         assert!(m.decide("pep", by_bins).is_err());
+        // The SDU's batch look-ups of tokens and persons: the SDU only.
+        for batch in [
+            "kz.gov.kdp.v1.ConsentService/IssueTokens",
+            "kz.gov.gbdfl.v1.PersonRegistry/GetPersons",
+            "kz.gov.zags.v1.CivilActRegistry/GetActsOfPersons",
+        ] {
+            assert!(m.decide("sdu", batch).is_ok(), "{batch}");
+            for other in ["pep", "expertiza", "sur"] {
+                assert!(m.decide(other, batch).is_err(), "{other} {batch}");
+            }
+        }
     }
 
     #[test]

@@ -65,13 +65,13 @@ impl Registry {
         match self {
             Registry::GbdUl => &["GetOrganization", "StreamNameChanges"],
             Registry::GbdFl => &["GetPerson", "GetPersons"],
-            Registry::Zags => &["StreamActs", "GetPersonActs"],
+            Registry::Zags => &["StreamActs", "GetPersonActs", "GetActsOfPersons"],
             Registry::ELicense => {
                 &["ListPermits", "ListPermitsByBins", "GetPermit", "ReissuePermit", "ListCabinetNotifications"]
             }
             Registry::Bmg => &["GetMobileNumber"],
             Registry::Pep => &["Notify", "StreamAnswers", "ListOutbox"],
-            Registry::Kdp => &["IssueToken", "GetPublicKey", "GrantConsent", "RevokeConsent", "StreamRevocations"],
+            Registry::Kdp => &["IssueToken", "IssueTokens", "GetPublicKey", "GrantConsent", "RevokeConsent", "StreamRevocations"],
         }
     }
 

@@ -9,7 +9,8 @@ use common::{Harness, collect, person_where, reason, violations};
 use shep_consent::Verifier;
 use shep_proto::kdp::consent_service_client::ConsentServiceClient;
 use shep_proto::kdp::{
-    GetPublicKeyRequest, GrantConsentRequest, IssueTokenRequest, RevokeConsentRequest, StreamRevocationsRequest,
+    GetPublicKeyRequest, GrantConsentRequest, IssueTokenRequest, IssueTokensRequest, RevokeConsentRequest,
+    StreamRevocationsRequest, token_result,
 };
 use shep_proto::pep::portal_client::PortalClient;
 use shep_proto::pep::{Language, ListOutboxRequest, NotifyOutcome, NotifyRequest, StreamAnswersRequest};
@@ -61,6 +62,55 @@ async fn kdp_refuses_without_consent_and_signs_verifiable_tokens() {
         .await
         .unwrap_err();
     assert_eq!(violations(&e), vec!["consumer".to_string()]);
+}
+
+/// A batch of subjects: each gets what `IssueToken` gives it alone, a token or the refusal.
+#[tokio::test]
+async fn kdp_issues_tokens_in_batches_each_as_alone() {
+    let h = Harness::start().await;
+    let c = h.sim.country();
+    let mut kdp = ConsentServiceClient::new(h.channel(Registry::Kdp, "sdu"));
+    let refuser = person_where(&h, |p| c.base_consent(p, "sdu", SCOPE).is_none());
+    let consenting = person_where(&h, |p| c.base_consent(p, "sdu", SCOPE).is_some());
+    let key = kdp.get_public_key(GetPublicKeyRequest {}).await.unwrap().into_inner();
+    let r = kdp
+        .issue_tokens(IssueTokensRequest {
+            subjects: vec![consenting.clone(), refuser.clone(), "1".into(), consenting.clone()],
+            consumer: "sdu".into(),
+            scope: SCOPE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results.len(), 4);
+    let subjects: Vec<&str> = r.results.iter().map(|x| x.subject.as_str()).collect();
+    assert_eq!(subjects, [consenting.as_str(), refuser.as_str(), "1", consenting.as_str()]);
+    let mut ids = vec![];
+    for i in [0, 3] {
+        let Some(token_result::Result::Token(t)) = &r.results[i].result else {
+            panic!("a token for {i}: {:?}", r.results[i]);
+        };
+        let claims = Verifier::new(key.public_key.clone()).verify(&t.token).expect("the token verifies");
+        assert_eq!(claims.check(&consenting, "sdu", SCOPE, h.sim.now()), Ok(()));
+        ids.push(claims.token_id);
+    }
+    assert_ne!(ids[0], ids[1], "a token per item");
+    let Some(token_result::Result::Refusal(no)) = &r.results[1].result else { panic!("{:?}", r.results[1]) };
+    assert_eq!((no.code, no.scope.as_str()), (Code::FailedPrecondition as i32, SCOPE));
+    let Some(token_result::Result::Refusal(bad)) = &r.results[2].result else { panic!("{:?}", r.results[2]) };
+    assert_eq!(bad.code, Code::InvalidArgument as i32);
+    assert!(bad.message.contains("subjects[2]"), "{}", bad.message);
+
+    let e = kdp
+        .issue_tokens(IssueTokensRequest { subjects: vec![], consumer: "sdu".into(), scope: SCOPE.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&e), vec!["subjects".to_string()]);
+    let e = kdp
+        .issue_tokens(IssueTokensRequest { subjects: vec![consenting], consumer: "sdu".into(), scope: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&e), vec!["scope".to_string()]);
 }
 
 /// One token for several scopes: issued only when each is consented to, it covers each,

@@ -17,7 +17,7 @@ use shep_proto::gbdul::organization_registry_client::OrganizationRegistryClient;
 use shep_proto::gbdul::{GetOrganizationRequest, StreamNameChangesRequest};
 use shep_proto::shep::{DateRange, FullName, LocalizedText};
 use shep_proto::zags::civil_act_registry_client::CivilActRegistryClient;
-use shep_proto::zags::{ActKind, GetPersonActsRequest, StreamActsRequest};
+use shep_proto::zags::{ActKind, GetActsOfPersonsRequest, GetPersonActsRequest, StreamActsRequest, person_acts_result};
 use shep_simulators::Registry;
 use shep_simulators::country::HolderRef;
 use tonic::Code;
@@ -185,6 +185,27 @@ async fn zags_acts_by_date_kind_cursor_and_person() {
     let mine =
         zags.get_person_acts(GetPersonActsRequest { iin: changed.subject_iin.clone() }).await.unwrap().into_inner();
     assert!(mine.acts.iter().any(|a| a.act_id == changed.act_id));
+    // Several persons at once: each as alone; a malformed IIN is an error for that one.
+    let batch = zags
+        .get_acts_of_persons(GetActsOfPersonsRequest {
+            iins: vec![changed.subject_iin.clone(), "abc".into(), unknown_iin()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let results = collect(batch).await;
+    assert_eq!(results.len(), 3);
+    match &results[0].result {
+        Some(person_acts_result::Result::Acts(a)) => assert_eq!(a, &mine),
+        other => panic!("acts expected, got {other:?}"),
+    }
+    match &results[1].result {
+        Some(person_acts_result::Result::Error(e)) => assert_eq!(e.code, Code::InvalidArgument as i32),
+        other => panic!("an error expected, got {other:?}"),
+    }
+    assert!(matches!(&results[2].result, Some(person_acts_result::Result::Acts(a)) if a.acts.is_empty()));
+    let e = zags.get_acts_of_persons(GetActsOfPersonsRequest { iins: vec![] }).await.unwrap_err();
+    assert_eq!(violations(&e), vec!["iins".to_string()]);
     let none = zags.get_person_acts(GetPersonActsRequest { iin: unknown_iin() }).await.unwrap().into_inner();
     assert!(none.acts.is_empty());
     let e = zags.get_person_acts(GetPersonActsRequest { iin: "abc".into() }).await.unwrap_err();

@@ -137,6 +137,12 @@ impl shep_proto::kdp::consent_service_server::ConsentService for NoKdp {
     ) -> Result<tonic::Response<shep_proto::kdp::IssueTokenResponse>, tonic::Status> {
         Err(shep_runtime::status::error(tonic::Code::FailedPrecondition, "no consent", "NO_CONSENT", []))
     }
+    async fn issue_tokens(
+        &self,
+        _: tonic::Request<shep_proto::kdp::IssueTokensRequest>,
+    ) -> Result<tonic::Response<shep_proto::kdp::IssueTokensResponse>, tonic::Status> {
+        Err(shep_runtime::status::error(tonic::Code::FailedPrecondition, "no consent", "NO_CONSENT", []))
+    }
     async fn get_public_key(
         &self,
         _: tonic::Request<shep_proto::kdp::GetPublicKeyRequest>,

@@ -280,6 +280,12 @@ impl kdp::consent_service_server::ConsentService for Kdp {
     ) -> Result<Response<kdp::IssueTokenResponse>, Status> {
         Err(Status::unimplemented("test KDP"))
     }
+    async fn issue_tokens(
+        &self,
+        _: Request<kdp::IssueTokensRequest>,
+    ) -> Result<Response<kdp::IssueTokensResponse>, Status> {
+        Err(Status::unimplemented("test KDP"))
+    }
     async fn get_public_key(
         &self,
         _: Request<kdp::GetPublicKeyRequest>,

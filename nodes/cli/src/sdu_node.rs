@@ -96,6 +96,10 @@ concurrency = {concurrency}
 # (up to this many of those at hand, 1 to 1000); 1: one ListPermits per organization.
 # Individuals are always looked up one by one, each with its consent token.
 lookup_batch = {lookup_batch}
+# Consent tokens and person checks (GBD FL and ZAGS) that cases ask for at the same time go
+# in batch calls of up to this many subjects, each with its own token (1 to 40); 1: one
+# IssueToken, GetPerson and GetPersonActs per subject.
+call_batch = {call_batch}
 # An operator's pilot catalog ([[pilot]] tables) replacing or adding to the shipped one.
 # pilots_file = "/etc/shep/pilots.toml"
 # An operator's working-day calendar ([[year]] tables) for years not shipped (2025-2027).
@@ -116,6 +120,7 @@ progress_every_secs = {progress_every_secs}
         bus = d.bus_url,
         concurrency = d.concurrency,
         lookup_batch = d.lookup_batch,
+        call_batch = d.call_batch,
         max_attempts = d.max_attempts,
         retry_base_ms = d.retry_base_ms,
         retry_max_ms = d.retry_max_ms,

@@ -6,6 +6,7 @@
 //! again may help and whether it was a refusal of consent (KDP's own, or the bus's).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -22,6 +23,7 @@ use shep_proto::{elicense, gbdfl, gbdul, kdp, pep, shep, zags};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
+use crate::batcher::{Batcher, all_failed};
 use crate::case::{PermitItem, PersonFacts, Subject, SubjectName};
 use crate::dates::{from_proto_ts, to_proto_date};
 use crate::pilot::Language;
@@ -192,7 +194,27 @@ pub struct Upstream {
     kdp: ConsentServiceClient<Channel>,
     consumer: String,
     timeout: Duration,
+    /// The batchers of the look-ups that have a batch form; `None`: one call per subject.
+    batches: Option<Arc<Batches>>,
 }
+
+/// A person's look-up: the IIN and the tokens for GBD FL and ZAGS.
+type PersonQuery = (Iin, Token, Token);
+
+/// The look-ups made in batches (see [`crate::batcher`]).
+struct Batches {
+    /// KDP `IssueTokens`: (subject, scope).
+    tokens: Batcher<(Iin, String), Token>,
+    /// GBD FL `GetPersons` with ZAGS `GetActsOfPersons`.
+    persons: Batcher<PersonQuery, PersonFacts>,
+}
+
+/// Most subjects in one batch look-up: each brings its consent token (about 300 bytes) in
+/// the call's metadata, and HTTP/2 servers take 16 KiB of headers by default.
+pub const MAX_CALL_BATCH: usize = 40;
+
+/// Batch calls of one kind out at a time; meanwhile the next batch fills.
+const BATCHES_IN_FLIGHT: usize = 1;
 
 fn org_name(t: Option<&shep::LocalizedText>) -> SubjectName {
     let t = t.cloned().unwrap_or_default();
@@ -235,6 +257,37 @@ fn active_items(permits: Vec<elicense::Permit>, services: &[String]) -> Vec<Perm
         .collect()
 }
 
+/// The four criteria from a person's GBD FL record and ZAGS acts.
+fn facts(iin: Iin, p: &gbdfl::Person, a: &zags::GetPersonActsResponse) -> PersonFacts {
+    let me = iin.to_string();
+    PersonFacts {
+        dead: p.life_status() == gbdfl::LifeStatus::Dead,
+        declared_missing_or_dead: matches!(
+            p.missing_status(),
+            gbdfl::MissingStatus::Missing | gbdfl::MissingStatus::DeclaredDead
+        ),
+        death_act: a
+            .acts
+            .iter()
+            .any(|x| x.kind() == zags::ActKind::Death && x.subject_iin == me),
+        abroad: p.residence.as_ref().is_some_and(|r| r.permanent_abroad),
+        incapable: p.legal_capacity() == gbdfl::LegalCapacity::Incapable,
+        imprisoned: p.imprisonment.as_ref().is_some_and(|i| i.imprisoned),
+    }
+}
+
+/// The distinct `tokens` in the consent metadata key, one value each.
+fn add_tokens<'a>(md: &mut tonic::metadata::MetadataMap, tokens: impl Iterator<Item = &'a Token>) {
+    let mut seen = std::collections::HashSet::new();
+    for t in tokens {
+        if seen.insert(t.0.as_str()) {
+            if let Ok(v) = t.0.parse() {
+                md.append(shep_consent::METADATA_KEY, v);
+            }
+        }
+    }
+}
+
 impl Upstream {
     /// Clients over `channel`; `consumer` is SDU's system id (for KDP), `timeout` the deadline
     /// of each unary call.
@@ -248,7 +301,32 @@ impl Upstream {
             kdp: ConsentServiceClient::new(channel),
             consumer: consumer.to_owned(),
             timeout,
+            batches: None,
         }
+    }
+
+    /// With `batch` above 1, tokens and person checks asked for at the same time go in
+    /// batch calls of up to `batch` subjects (KDP `IssueTokens`, GBD FL `GetPersons`, ZAGS
+    /// `GetActsOfPersons`), each subject with its own token. Starts the batching tasks on
+    /// the current Tokio runtime.
+    pub fn batching(mut self, batch: usize) -> Self {
+        if batch <= 1 {
+            self.batches = None;
+            return self;
+        }
+        let batch = batch.min(MAX_CALL_BATCH);
+        let (up1, up2) = (self.clone(), self.clone());
+        self.batches = Some(Arc::new(Batches {
+            tokens: Batcher::new("kdp.IssueTokens", batch, BATCHES_IN_FLIGHT, move |qs| {
+                let up = up1.clone();
+                async move { up.issue_tokens(qs).await }
+            }),
+            persons: Batcher::new("gbdfl.GetPersons", batch, BATCHES_IN_FLIGHT, move |qs| {
+                let up = up2.clone();
+                async move { up.persons_facts(qs).await }
+            }),
+        }));
+        self
     }
 
     fn req<T>(&self, msg: T, token: Option<&Token>) -> tonic::Request<T> {
@@ -455,6 +533,65 @@ impl Upstream {
     /// `consent_refused` set to the scope KDP names as not consented to (its ErrorInfo
     /// metadata `scope`), or to `scope` when it names none.
     pub async fn issue_token(&self, subject: Iin, scope: &str) -> Result<Token, CallError> {
+        if let Some(b) = &self.batches {
+            return b.tokens.call((subject, scope.to_owned())).await;
+        }
+        self.issue_token_alone(subject, scope).await
+    }
+
+    /// KDP `IssueTokens` for the requests of a batch (one call per distinct scope); each
+    /// result as [`Upstream::issue_token`] would give it.
+    async fn issue_tokens(&self, qs: Vec<(Iin, String)>) -> Vec<Result<Token, CallError>> {
+        const M: &str = "kdp.IssueTokens";
+        let mut out: Vec<Option<Result<Token, CallError>>> = vec![None; qs.len()];
+        let mut scopes: Vec<&str> = qs.iter().map(|(_, s)| s.as_str()).collect();
+        scopes.sort_unstable();
+        scopes.dedup();
+        for scope in scopes {
+            let idx: Vec<usize> = (0..qs.len()).filter(|&i| qs[i].1 == scope).collect();
+            let req = kdp::IssueTokensRequest {
+                subjects: idx.iter().map(|&i| qs[i].0.to_string()).collect(),
+                consumer: self.consumer.clone(),
+                scope: scope.to_owned(),
+            };
+            let results = match self.kdp.clone().issue_tokens(self.req(req, None)).await {
+                Ok(r) => r.into_inner().results,
+                Err(s) => {
+                    let e = CallError::from_status(M, &s);
+                    for &i in &idx {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                    continue;
+                }
+            };
+            for (k, &i) in idx.iter().enumerate() {
+                let r = match results.get(k).and_then(|r| r.result.clone()) {
+                    Some(kdp::token_result::Result::Token(t)) => Ok(Token(t.token)),
+                    Some(kdp::token_result::Result::Refusal(f)) => {
+                        let code = tonic::Code::from_i32(f.code);
+                        if code == tonic::Code::FailedPrecondition {
+                            let refused = if f.scope.is_empty() { scope.to_owned() } else { f.scope };
+                            Err(CallError {
+                                message: format!("{M}: {refused}: {}", f.message),
+                                retryable: false,
+                                consent_refused: Some(refused),
+                            })
+                        } else {
+                            Err(CallError::from_status(M, &tonic::Status::new(code, f.message)))
+                        }
+                    }
+                    None => Err(CallError::bad_data(M, format!("no result for subject {k}"))),
+                };
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(CallError::bad_data(M, "a subject without a result".into()))))
+            .collect()
+    }
+
+    /// KDP `IssueToken` for one subject.
+    async fn issue_token_alone(&self, subject: Iin, scope: &str) -> Result<Token, CallError> {
         const M: &str = "kdp.IssueToken";
         let req = kdp::IssueTokenRequest {
             subject: subject.to_string(),
@@ -487,6 +624,89 @@ impl Upstream {
         person_token: &Token,
         acts_token: &Token,
     ) -> Result<PersonFacts, CallError> {
+        if let Some(b) = &self.batches {
+            return b
+                .persons
+                .call((iin, person_token.clone(), acts_token.clone()))
+                .await;
+        }
+        self.person_facts_alone(iin, person_token, acts_token).await
+    }
+
+    /// GBD FL `GetPersons` and ZAGS `GetActsOfPersons` for the requests of a batch, each
+    /// subject's token in the metadata; each result as [`Upstream::person_facts`] would
+    /// give it. A batch refused as a whole for a reason that is not passing (one subject's
+    /// consent revoked meanwhile, say) is asked again one subject at a time, so that the
+    /// refusal is that subject's alone.
+    async fn persons_facts(&self, qs: Vec<PersonQuery>) -> Vec<Result<PersonFacts, CallError>> {
+        let iins: Vec<String> = qs.iter().map(|(i, _, _)| i.to_string()).collect();
+        let mut p = tonic::Request::new(gbdfl::GetPersonsRequest { iins: iins.clone() });
+        let mut a = tonic::Request::new(zags::GetActsOfPersonsRequest { iins });
+        p.set_timeout(self.timeout);
+        a.set_timeout(self.timeout);
+        add_tokens(p.metadata_mut(), qs.iter().map(|(_, t, _)| t));
+        add_tokens(a.metadata_mut(), qs.iter().map(|(_, _, t)| t));
+        let (mut gbdfl, mut zags) = (self.gbdfl.clone(), self.zags.clone());
+        let (p, a) = futures::join!(
+            async {
+                let s = gbdfl.get_persons(p).await?.into_inner();
+                s.collect::<Vec<_>>().await.into_iter().collect::<Result<Vec<_>, _>>()
+            },
+            async {
+                let s = zags.get_acts_of_persons(a).await?.into_inner();
+                s.collect::<Vec<_>>().await.into_iter().collect::<Result<Vec<_>, _>>()
+            }
+        );
+        let whole = match (p, a) {
+            (Ok(p), Ok(a)) => Ok((p, a)),
+            (Err(s), _) => Err(CallError::from_status("gbdfl.GetPersons", &s)),
+            (_, Err(s)) => Err(CallError::from_status("zags.GetActsOfPersons", &s)),
+        };
+        let (persons, acts) = match whole {
+            Ok(x) => x,
+            Err(e) if e.retryable || qs.len() == 1 => return all_failed(qs.len(), e),
+            Err(_) => {
+                let alone = qs.iter().map(|(i, p, a)| self.person_facts_alone(*i, p, a));
+                return futures::future::join_all(alone).await;
+            }
+        };
+        qs.iter()
+            .enumerate()
+            .map(|(k, (iin, _, _))| {
+                let person = match persons.get(k).and_then(|r| r.result.clone()) {
+                    Some(gbdfl::person_result::Result::Person(p)) => p,
+                    Some(gbdfl::person_result::Result::Error(e)) => {
+                        return Err(CallError::from_status(
+                            "gbdfl.GetPersons",
+                            &tonic::Status::new(tonic::Code::from_i32(e.code), e.message),
+                        ));
+                    }
+                    None => return Err(CallError::bad_data("gbdfl.GetPersons", format!("no result for {iin}"))),
+                };
+                let acts = match acts.get(k).and_then(|r| r.result.clone()) {
+                    Some(zags::person_acts_result::Result::Acts(a)) => a,
+                    Some(zags::person_acts_result::Result::Error(e)) => {
+                        return Err(CallError::from_status(
+                            "zags.GetActsOfPersons",
+                            &tonic::Status::new(tonic::Code::from_i32(e.code), e.message),
+                        ));
+                    }
+                    None => {
+                        return Err(CallError::bad_data("zags.GetActsOfPersons", format!("no result for {iin}")));
+                    }
+                };
+                Ok(facts(*iin, &person, &acts))
+            })
+            .collect()
+    }
+
+    /// GBD FL `GetPerson` and ZAGS `GetPersonActs` for one subject.
+    async fn person_facts_alone(
+        &self,
+        iin: Iin,
+        person_token: &Token,
+        acts_token: &Token,
+    ) -> Result<PersonFacts, CallError> {
         let mut gbdfl = self.gbdfl.clone();
         let mut zags = self.zags.clone();
         let p = gbdfl.get_person(self.req(
@@ -508,21 +728,7 @@ impl Upstream {
         let a = a
             .map_err(|s| CallError::from_status("zags.GetPersonActs", &s))?
             .into_inner();
-        let me = iin.to_string();
-        Ok(PersonFacts {
-            dead: p.life_status() == gbdfl::LifeStatus::Dead,
-            declared_missing_or_dead: matches!(
-                p.missing_status(),
-                gbdfl::MissingStatus::Missing | gbdfl::MissingStatus::DeclaredDead
-            ),
-            death_act: a
-                .acts
-                .iter()
-                .any(|x| x.kind() == zags::ActKind::Death && x.subject_iin == me),
-            abroad: p.residence.as_ref().is_some_and(|r| r.permanent_abroad),
-            incapable: p.legal_capacity() == gbdfl::LegalCapacity::Incapable,
-            imprisoned: p.imprisonment.as_ref().is_some_and(|i| i.imprisoned),
-        })
+        Ok(facts(iin, &p, &a))
     }
 
     /// PEP `Notify` (idempotent per case and attempt).

@@ -14,6 +14,7 @@
 //!
 //! [`start`] serves the node and resumes every open run, case and timer from the database.
 
+pub mod batcher;
 pub mod calendar;
 pub mod case;
 pub mod clients;
@@ -96,7 +97,8 @@ pub async fn start(
         channel,
         &node.system,
         Duration::from_millis(settings.call_timeout_ms),
-    );
+    )
+    .batching(settings.call_batch);
     let cfg = RunnerConfig {
         concurrency: settings.concurrency,
         lookup_batch: settings.lookup_batch,

@@ -30,6 +30,12 @@ pub struct SduSettings {
     /// 1 looks up each with its own `ListPermits`. Individuals are always looked up one by
     /// one (each needs its consent token). From 1 to 1000.
     pub lookup_batch: usize,
+    /// Subjects in one batch look-up: consent tokens (KDP `IssueTokens`) and person checks
+    /// (GBD FL `GetPersons` with ZAGS `GetActsOfPersons`) that cases ask for at the same time
+    /// go together, each subject with its own token; 1 makes one call per subject
+    /// (`IssueToken`, `GetPerson`, `GetPersonActs`). From 1 to 40 (the tokens travel in the
+    /// call's headers).
+    pub call_batch: usize,
     /// An operator's pilot catalog (TOML, `[[pilot]]` tables) that replaces pilots of the
     /// same id and adds new ones; none: the shipped catalog only.
     pub pilots_file: Option<PathBuf>,
@@ -60,6 +66,7 @@ impl Default for SduSettings {
             db: PathBuf::from("sdu.db"),
             concurrency: 32,
             lookup_batch: 256,
+            call_batch: 32,
             pilots_file: None,
             calendar_file: None,
             max_attempts: 5,
@@ -88,6 +95,13 @@ impl SduSettings {
                 "lookup_batch {} is not between 1 and {}",
                 self.lookup_batch,
                 crate::clients::MAX_BINS
+            ));
+        }
+        if self.call_batch == 0 || self.call_batch > crate::clients::MAX_CALL_BATCH {
+            return bad(format!(
+                "call_batch {} is not between 1 and {}",
+                self.call_batch,
+                crate::clients::MAX_CALL_BATCH
             ));
         }
         if self.max_attempts == 0 {

@@ -980,6 +980,53 @@ async fn organizations_are_looked_up_in_batches_with_the_same_outcomes() {
     assert!(rec.by_bins_asked >= u64::from(ORGS), "every BIN asked, the failed call's again");
 }
 
+/// Runs the day of `country` with `call_batch`; its cases, and the look-ups the fakes saw:
+/// (single, batched, batch calls).
+async fn day_with_call_batch(
+    country: MapCountry,
+    call_batch: usize,
+) -> (std::collections::BTreeMap<String, (Vec<String>, String, String, u32)>, (u64, u64, u64)) {
+    let env = Env::new(country, "2026-02-03T09:00:00", 0).await;
+    env.fakes
+        .batch_delay_ms
+        .store(10, std::sync::atomic::Ordering::SeqCst);
+    let sdu = env
+        .start_sdu_with(shep_sdu::SduSettings {
+            call_batch,
+            ..env.settings(8)
+        })
+        .await
+        .unwrap();
+    let run = sdu.handle.run_daily("sez-000", run_date()).await.unwrap();
+    settled(&sdu.handle, &run).await;
+    let cases = cases(&sdu.handle);
+    sdu.kill().await;
+    let rec = env.fakes.rec();
+    assert!(rec.missing_tokens.is_empty(), "{:?}", rec.missing_tokens);
+    (cases, (rec.single_lookups, rec.batched_lookups, rec.batch_calls))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_person_checks_go_in_batches_with_the_same_outcomes() {
+    assert_eq!(shep_sdu::SduSettings::default().call_batch, 32);
+    // Every road (consent refused, each exclusion, no phone, SMS): batched as one by one.
+    let (alone, (singles, batched, calls)) = day_with_call_batch(country().0, 1).await;
+    assert_eq!((batched, calls), (0, 0), "one IssueToken, GetPerson, GetPersonActs each");
+    let outcomes: std::collections::BTreeSet<&str> = alone.values().map(|c| c.1.as_str()).collect();
+    assert!(outcomes.len() >= 6, "{outcomes:?}");
+    let (together, (singles2, batched2, _)) = day_with_call_batch(country().0, 32).await;
+    assert_eq!(together, alone, "the same cases as one by one");
+    assert_eq!((singles2, batched2), (0, singles), "each subject asked once, in batches");
+
+    // A crowd: its look-ups go in far fewer calls.
+    const ORGS: u32 = 120;
+    let (alone, (singles, ..)) = day_with_call_batch(mixed_day(ORGS), 1).await;
+    let (together, (singles2, batched2, calls)) = day_with_call_batch(mixed_day(ORGS), 32).await;
+    assert_eq!(together, alone, "the same cases as one by one");
+    assert_eq!((singles2, batched2), (0, singles));
+    assert!(calls * 2 < singles, "{calls} batch calls for {singles} look-ups");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_keeps_failing_fails_each_of_its_cases() {
     const ORGS: u32 = 20;

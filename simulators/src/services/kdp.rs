@@ -7,7 +7,8 @@ use shep_consent::Claims;
 use shep_proto::kdp::consent_service_server::ConsentService;
 use shep_proto::kdp::{
     Consent, GetPublicKeyRequest, GetPublicKeyResponse, GrantConsentRequest, GrantConsentResponse, IssueTokenRequest,
-    IssueTokenResponse, Revocation, RevokeConsentRequest, RevokeConsentResponse, StreamRevocationsRequest,
+    IssueTokenResponse, IssueTokensRequest, IssueTokensResponse, Revocation, RevokeConsentRequest, RevokeConsentResponse, StreamRevocationsRequest,
+    TokenRefusal, TokenResult, token_result,
 };
 use shep_runtime::status::{error, invalid_field, parse_iin};
 use tonic::{Code, Request, Response, Status};
@@ -38,16 +39,16 @@ fn token_id(seed: u64, n: u64) -> String {
     uuid::Builder::from_random_bytes(b).into_uuid().to_string()
 }
 
-#[tonic::async_trait]
-impl ConsentService for Kdp {
-    async fn issue_token(&self, req: Request<IssueTokenRequest>) -> Result<Response<IssueTokenResponse>, Status> {
-        let r = req.into_inner();
-        let subject = parse_iin("subject", &r.subject)?;
-        required("consumer", &r.consumer)?;
-        required("scope", &r.scope)?;
-        // One scope, or several separated by spaces: one token covering each, issued only
-        // when every one is consented to.
-        let scopes: Vec<&str> = r.scope.split_whitespace().collect();
+/// Most subjects in one `IssueTokens`.
+pub const MAX_BATCH: usize = 1000;
+
+impl Kdp {
+    /// A token for `subject` (the request field `field`), `consumer` and `scope` (one or
+    /// several separated by spaces: one token covering each, issued only when every one is
+    /// consented to).
+    fn issue(&self, field: &str, subject: &str, consumer: &str, scope: &str) -> Result<IssueTokenResponse, Status> {
+        let iin = parse_iin(field, subject)?;
+        let scopes: Vec<&str> = scope.split_whitespace().collect();
         let scope = scopes.join(" ");
         let c = self.sim.country();
         let now = self.sim.now();
@@ -55,12 +56,12 @@ impl ConsentService for Kdp {
         let mut st = self.sim.state();
         let mut expires_at = now + ttl;
         for s in &scopes {
-            let Some(consent) = st.consents.in_force(c, subject, &r.consumer, s, now) else {
+            let Some(consent) = st.consents.in_force(c, iin, consumer, s, now) else {
                 return Err(error(
                     Code::FailedPrecondition,
-                    format!("{} has not consented to {s} for {}", r.subject, r.consumer),
+                    format!("{subject} has not consented to {s} for {consumer}"),
                     NO_CONSENT,
-                    [("subject", r.subject.clone()), ("consumer", r.consumer.clone()), ("scope", (*s).to_owned())],
+                    [("subject", subject.to_owned()), ("consumer", consumer.to_owned()), ("scope", (*s).to_owned())],
                 ));
             };
             expires_at = consent.valid_until.map_or(expires_at, |v| v.min(expires_at));
@@ -69,8 +70,8 @@ impl ConsentService for Kdp {
         let signer = self.sim.signer();
         let claims = Claims {
             token_id: token_id(self.sim.settings().seed, n),
-            subject: subject.to_string(),
-            consumer: r.consumer.clone(),
+            subject: iin.to_string(),
+            consumer: consumer.to_owned(),
             scope,
             issued_at: now,
             expires_at,
@@ -78,10 +79,60 @@ impl ConsentService for Kdp {
         };
         // Withdrawing any of its scopes revokes the token.
         for s in &scopes {
-            st.consents.remember_token(subject, &r.consumer, s, claims.token_id.clone(), expires_at, now);
+            st.consents.remember_token(iin, consumer, s, claims.token_id.clone(), expires_at, now);
         }
+        drop(st);
         let token = signer.sign(&claims);
-        Ok(Response::new(IssueTokenResponse { token, claims: Some(claims.into_proto()) }))
+        Ok(IssueTokenResponse { token, claims: Some(claims.into_proto()) })
+    }
+}
+
+#[tonic::async_trait]
+impl ConsentService for Kdp {
+    async fn issue_token(&self, req: Request<IssueTokenRequest>) -> Result<Response<IssueTokenResponse>, Status> {
+        let r = req.into_inner();
+        parse_iin("subject", &r.subject)?;
+        required("consumer", &r.consumer)?;
+        required("scope", &r.scope)?;
+        self.issue("subject", &r.subject, &r.consumer, &r.scope).map(Response::new)
+    }
+
+    async fn issue_tokens(&self, req: Request<IssueTokensRequest>) -> Result<Response<IssueTokensResponse>, Status> {
+        let r = req.into_inner();
+        if r.subjects.is_empty() || r.subjects.len() > MAX_BATCH {
+            return Err(invalid_field(
+                "subjects",
+                format!("give 1 to {MAX_BATCH} subjects, got {}", r.subjects.len()),
+                "INVALID_BATCH_SIZE",
+            ));
+        }
+        required("consumer", &r.consumer)?;
+        required("scope", &r.scope)?;
+        let results = r
+            .subjects
+            .into_iter()
+            .enumerate()
+            .map(|(i, subject)| {
+                let result = match self.issue(&format!("subjects[{i}]"), &subject, &r.consumer, &r.scope) {
+                    Ok(t) => token_result::Result::Token(t),
+                    Err(s) => {
+                        use tonic_types::StatusExt;
+                        let scope = s
+                            .get_error_details()
+                            .error_info()
+                            .and_then(|e| e.metadata.get("scope").cloned())
+                            .unwrap_or_default();
+                        token_result::Result::Refusal(TokenRefusal {
+                            code: s.code() as i32,
+                            message: s.message().to_owned(),
+                            scope,
+                        })
+                    }
+                };
+                TokenResult { subject, result: Some(result) }
+            })
+            .collect();
+        Ok(Response::new(IssueTokensResponse { results }))
     }
 
     async fn get_public_key(

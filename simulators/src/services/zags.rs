@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use shep_proto::zags::civil_act_registry_server::CivilActRegistry;
-use shep_proto::zags::{ActKind, CivilAct, GetPersonActsRequest, GetPersonActsResponse, StreamActsRequest};
+use shep_proto::zags::{
+    ActKind, ActsError, CivilAct, GetActsOfPersonsRequest, GetPersonActsRequest, GetPersonActsResponse, PersonActsResult,
+    StreamActsRequest, person_acts_result,
+};
 use shep_runtime::status::{invalid_field, parse_iin};
 use tonic::{Request, Response, Status};
 
@@ -64,13 +67,54 @@ impl CivilActRegistry for Zags {
         &self,
         req: Request<GetPersonActsRequest>,
     ) -> Result<Response<GetPersonActsResponse>, Status> {
-        let iin = parse_iin("iin", &req.get_ref().iin)?;
+        self.acts_of("iin", &req.get_ref().iin).map(Response::new)
+    }
+
+    type GetActsOfPersonsStream = Feed<PersonActsResult>;
+
+    async fn get_acts_of_persons(
+        &self,
+        req: Request<GetActsOfPersonsRequest>,
+    ) -> Result<Response<Self::GetActsOfPersonsStream>, Status> {
+        let iins = req.into_inner().iins;
+        if iins.is_empty() || iins.len() > MAX_BATCH {
+            return Err(invalid_field(
+                "iins",
+                format!("give 1 to {MAX_BATCH} IINs, got {}", iins.len()),
+                "INVALID_BATCH_SIZE",
+            ));
+        }
+        let results = iins
+            .into_iter()
+            .enumerate()
+            .map(|(i, iin)| {
+                let result = match self.acts_of(&format!("iins[{i}]"), &iin) {
+                    Ok(a) => person_acts_result::Result::Acts(a),
+                    Err(s) => person_acts_result::Result::Error(ActsError {
+                        code: s.code() as i32,
+                        message: s.message().to_owned(),
+                    }),
+                };
+                PersonActsResult { iin, result: Some(result) }
+            })
+            .collect();
+        Ok(Response::new(feed(results)))
+    }
+}
+
+/// Most IINs in one `GetActsOfPersons`.
+pub const MAX_BATCH: usize = 1000;
+
+impl Zags {
+    /// The acts of the person `iin` (the request field `field`); none for an unknown one.
+    fn acts_of(&self, field: &str, iin: &str) -> Result<GetPersonActsResponse, Status> {
+        let iin = parse_iin(field, iin)?;
         let c = self.sim.country();
         let Some(p) = c.person_index(&iin) else {
-            return Ok(Response::new(GetPersonActsResponse { acts: vec![] }));
+            return Ok(GetPersonActsResponse { acts: vec![] });
         };
         let st = self.sim.state();
         let acts = views::acts_of(c, &st, p).into_iter().filter_map(|i| views::act(c, &st, i)).collect();
-        Ok(Response::new(GetPersonActsResponse { acts }))
+        Ok(GetPersonActsResponse { acts })
     }
 }

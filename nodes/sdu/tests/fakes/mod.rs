@@ -88,6 +88,12 @@ pub struct Records {
     pub by_bins_asked: u64,
     /// Personal-data calls without a valid token (should stay empty).
     pub missing_tokens: Vec<String>,
+    /// Subjects asked for in single look-ups (`IssueToken`, `GetPerson`, `GetPersonActs`)
+    /// and in batch ones (`IssueTokens`, `GetPersons`, `GetActsOfPersons`), and the batch
+    /// calls.
+    pub single_lookups: u64,
+    pub batched_lookups: u64,
+    pub batch_calls: u64,
 }
 
 /// The fakes' shared state.
@@ -107,6 +113,9 @@ pub struct Fakes {
     pub diff_down: std::sync::atomic::AtomicBool,
     /// The next this many e-license `ListPermitsByBins` calls answer UNAVAILABLE.
     pub by_bins_failures: std::sync::atomic::AtomicU32,
+    /// A pause, in milliseconds, before each batch look-up (`IssueTokens`, `GetPersons`,
+    /// `GetActsOfPersons`): the time a real registry takes, during which the next batch fills.
+    pub batch_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Fakes {
@@ -121,6 +130,7 @@ impl Fakes {
             lean: false,
             diff_down: Default::default(),
             by_bins_failures: Default::default(),
+            batch_delay_ms: Default::default(),
         })
     }
 
@@ -139,6 +149,7 @@ impl Fakes {
             lean: false,
             diff_down: Default::default(),
             by_bins_failures: Default::default(),
+            batch_delay_ms: Default::default(),
         })
     }
 
@@ -154,6 +165,7 @@ impl Fakes {
             lean: true,
             diff_down: Default::default(),
             by_bins_failures: Default::default(),
+            batch_delay_ms: Default::default(),
         })
     }
 
@@ -192,14 +204,16 @@ impl Fakes {
         scope: &str,
         method: &str,
     ) -> Result<(), Status> {
-        // "tok:IIN:SCOPE SCOPE...": the subject matches and one of the scopes is this one.
+        // "tok:IIN:SCOPE SCOPE...": the subject matches and one of the scopes is this one;
+        // a batch call carries one such token per subject.
         let ok = req
             .metadata()
-            .get(shep_consent::METADATA_KEY)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|t| t.strip_prefix("tok:"))
-            .and_then(|t| t.split_once(':'))
-            .is_some_and(|(who, scopes)| who == iin && scopes.split(' ').any(|s| s == scope));
+            .get_all(shep_consent::METADATA_KEY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|t| t.strip_prefix("tok:"))
+            .filter_map(|t| t.split_once(':'))
+            .any(|(who, scopes)| who == iin && scopes.split(' ').any(|s| s == scope));
         if ok {
             Ok(())
         } else {
@@ -213,6 +227,33 @@ impl Fakes {
                 [],
             ))
         }
+    }
+
+    async fn batch_pause(&self) {
+        let ms = self.batch_delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+    }
+
+    /// A token of the subject for the scopes (one or several separated by spaces: one
+    /// token for all, as KDP issues it), or KDP's refusal.
+    fn token(&self, subject: &str, scope: &str) -> Result<kdp::IssueTokenResponse, Status> {
+        if let Some(s) = scope
+            .split_whitespace()
+            .find(|s| !self.country.consents(subject, s))
+        {
+            return Err(shep_runtime::status::error(
+                tonic::Code::FailedPrecondition,
+                format!("no consent of {subject} for {s}"),
+                "NO_CONSENT",
+                [("scope", s.to_owned())],
+            ));
+        }
+        Ok(kdp::IssueTokenResponse {
+            token: format!("tok:{subject}:{scope}"),
+            claims: None,
+        })
     }
 
     /// The permits of a holder of the given services (every service when none).
@@ -346,6 +387,7 @@ impl gbdfl::person_registry_server::PersonRegistry for Svc {
         req: Request<gbdfl::GetPersonRequest>,
     ) -> Result<Response<gbdfl::Person>, Status> {
         let iin = req.get_ref().iin.clone();
+        self.0.rec().single_lookups += 1;
         self.0
             .check_token(&req, &iin, "gbdfl.person.read", "GetPerson")?;
         self.0
@@ -359,9 +401,33 @@ impl gbdfl::person_registry_server::PersonRegistry for Svc {
 
     async fn get_persons(
         &self,
-        _: Request<gbdfl::GetPersonsRequest>,
+        req: Request<gbdfl::GetPersonsRequest>,
     ) -> Result<Response<Self::GetPersonsStream>, Status> {
-        Err(Status::unimplemented("not faked"))
+        let iins = req.get_ref().iins.clone();
+        {
+            let mut r = self.0.rec();
+            r.batch_calls += 1;
+            r.batched_lookups += iins.len() as u64;
+        }
+        self.0.batch_pause().await;
+        let mut out = vec![];
+        for iin in iins {
+            // As the bus: a subject without its token refuses the whole call.
+            self.0
+                .check_token(&req, &iin, "gbdfl.person.read", "GetPersons")?;
+            let result = match self.0.country.person(&iin) {
+                Some(p) => gbdfl::person_result::Result::Person(p),
+                None => gbdfl::person_result::Result::Error(gbdfl::PersonError {
+                    code: tonic::Code::NotFound as i32,
+                    message: format!("no person {iin}"),
+                }),
+            };
+            out.push(Ok(gbdfl::PersonResult {
+                iin,
+                result: Some(result),
+            }));
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(out))))
     }
 }
 
@@ -397,11 +463,40 @@ impl zags::civil_act_registry_server::CivilActRegistry for Svc {
         req: Request<zags::GetPersonActsRequest>,
     ) -> Result<Response<zags::GetPersonActsResponse>, Status> {
         let iin = req.get_ref().iin.clone();
+        self.0.rec().single_lookups += 1;
         self.0
             .check_token(&req, &iin, "zags.acts.read", "GetPersonActs")?;
         Ok(Response::new(zags::GetPersonActsResponse {
             acts: self.0.country.person_acts(&iin),
         }))
+    }
+
+    type GetActsOfPersonsStream = BoxStream<zags::PersonActsResult>;
+
+    async fn get_acts_of_persons(
+        &self,
+        req: Request<zags::GetActsOfPersonsRequest>,
+    ) -> Result<Response<Self::GetActsOfPersonsStream>, Status> {
+        let iins = req.get_ref().iins.clone();
+        {
+            let mut r = self.0.rec();
+            r.batch_calls += 1;
+            r.batched_lookups += iins.len() as u64;
+        }
+        self.0.batch_pause().await;
+        let mut out = vec![];
+        for iin in iins {
+            self.0
+                .check_token(&req, &iin, "zags.acts.read", "GetActsOfPersons")?;
+            let acts = zags::GetPersonActsResponse {
+                acts: self.0.country.person_acts(&iin),
+            };
+            out.push(Ok(zags::PersonActsResult {
+                iin,
+                result: Some(zags::person_acts_result::Result::Acts(acts)),
+            }));
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(out))))
     }
 }
 
@@ -715,26 +810,51 @@ impl kdp::consent_service_server::ConsentService for Svc {
         req: Request<kdp::IssueTokenRequest>,
     ) -> Result<Response<kdp::IssueTokenResponse>, Status> {
         let r = req.into_inner();
+        self.0.rec().single_lookups += 1;
         if r.consumer != "sdu" {
             return Err(Status::invalid_argument("consumer must be sdu"));
         }
-        // Several scopes separated by spaces: one token for all, as KDP issues it.
-        if let Some(s) = r
-            .scope
-            .split_whitespace()
-            .find(|s| !self.0.country.consents(&r.subject, s))
+        self.0.token(&r.subject, &r.scope).map(Response::new)
+    }
+
+    async fn issue_tokens(
+        &self,
+        req: Request<kdp::IssueTokensRequest>,
+    ) -> Result<Response<kdp::IssueTokensResponse>, Status> {
+        let r = req.into_inner();
         {
-            return Err(shep_runtime::status::error(
-                tonic::Code::FailedPrecondition,
-                format!("no consent of {} for {s}", r.subject),
-                "NO_CONSENT",
-                [("scope", s.to_owned())],
-            ));
+            let mut rec = self.0.rec();
+            rec.batch_calls += 1;
+            rec.batched_lookups += r.subjects.len() as u64;
         }
-        Ok(Response::new(kdp::IssueTokenResponse {
-            token: format!("tok:{}:{}", r.subject, r.scope),
-            claims: None,
-        }))
+        self.0.batch_pause().await;
+        if r.consumer != "sdu" {
+            return Err(Status::invalid_argument("consumer must be sdu"));
+        }
+        let results = r
+            .subjects
+            .into_iter()
+            .map(|subject| {
+                let result = match self.0.token(&subject, &r.scope) {
+                    Ok(t) => kdp::token_result::Result::Token(t),
+                    Err(s) => kdp::token_result::Result::Refusal(kdp::TokenRefusal {
+                        code: s.code() as i32,
+                        message: s.message().to_owned(),
+                        scope: r
+                            .scope
+                            .split_whitespace()
+                            .find(|x| !self.0.country.consents(&subject, x))
+                            .unwrap_or_default()
+                            .to_owned(),
+                    }),
+                };
+                kdp::TokenResult {
+                    subject,
+                    result: Some(result),
+                }
+            })
+            .collect();
+        Ok(Response::new(kdp::IssueTokensResponse { results }))
     }
 
     async fn get_public_key(

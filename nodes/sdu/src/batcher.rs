@@ -1,0 +1,153 @@
+//! Single calls made at the same time by many case workers, coalesced into batch calls.
+//!
+//! A [`Batcher`] takes single requests and hands them to one task, which sends whatever has
+//! queued (up to `max`) as one batch call, with at most `in_flight` batch calls out at a
+//! time: while they are out, new requests queue and go together in the next one, so the
+//! busier the workers, the larger the batches (the group-commit principle). A lone request
+//! goes out at once, alone: nothing waits for a batch to fill.
+//!
+//! Each request gets the result of its own item. The batch function answers one result per
+//! request, in order; a batch call that fails as a whole gives its error to every request
+//! of the batch.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::clients::CallError;
+
+type Item<Q, A> = (Q, oneshot::Sender<Result<A, CallError>>);
+
+/// Coalesces single requests `Q` into batch calls answering `A` for each.
+pub struct Batcher<Q, A> {
+    tx: mpsc::UnboundedSender<Item<Q, A>>,
+    what: &'static str,
+}
+
+impl<Q, A> std::fmt::Debug for Batcher<Q, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").field("what", &self.what).finish()
+    }
+}
+
+impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
+    /// Starts the batching task (on the current Tokio runtime). `call` makes one batch call
+    /// and returns one result per request, in order. The task ends when the batcher is
+    /// dropped.
+    pub fn new<F, Fut>(what: &'static str, max: usize, in_flight: usize, call: F) -> Self
+    where
+        F: Fn(Vec<Q>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<Result<A, CallError>>> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Item<Q, A>>();
+        let call = Arc::new(call);
+        let slots = Arc::new(Semaphore::new(in_flight.max(1)));
+        let max = max.max(1);
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(max);
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                if rx.recv_many(&mut buf, max).await == 0 {
+                    return;
+                }
+                let (qs, answer_to): (Vec<Q>, Vec<_>) = buf.drain(..).unzip();
+                let call = call.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let n = answer_to.len();
+                    let mut results = call(qs).await.into_iter();
+                    for tx in answer_to {
+                        let r = results.next().unwrap_or_else(|| {
+                            Err(CallError {
+                                message: format!("{what}: the batch answered fewer than {n} results"),
+                                retryable: true,
+                                consent_refused: None,
+                            })
+                        });
+                        let _ = tx.send(r);
+                    }
+                });
+            }
+        });
+        Batcher { tx, what }
+    }
+
+    /// One request, answered when its batch is.
+    pub async fn call(&self, q: Q) -> Result<A, CallError> {
+        let stopped = || CallError {
+            message: format!("{}: the batching task has stopped", self.what),
+            retryable: true,
+            consent_refused: None,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((q, tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// The results of a batch call that failed as a whole: its error for each of `n` requests.
+pub fn all_failed<A>(n: usize, e: CallError) -> Vec<Result<A, CallError>> {
+    (0..n).map(|_| Err(e.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn requests_made_together_share_batches_and_get_their_own_results() {
+        let sizes = Arc::new(Mutex::new(vec![]));
+        let s2 = sizes.clone();
+        let b = Arc::new(Batcher::new("test", 8, 1, move |qs: Vec<u32>| {
+            s2.lock().unwrap().push(qs.len());
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                qs.into_iter()
+                    .map(|q| {
+                        if q == 13 {
+                            Err(CallError {
+                                message: "thirteen".into(),
+                                retryable: false,
+                                consent_refused: None,
+                            })
+                        } else {
+                            Ok(q * 10)
+                        }
+                    })
+                    .collect()
+            }
+        }));
+        let calls: Vec<_> = (0..20u32)
+            .map(|q| {
+                let b = b.clone();
+                tokio::spawn(async move { (q, b.call(q).await) })
+            })
+            .collect();
+        for c in calls {
+            let (q, r) = c.await.unwrap();
+            if q == 13 {
+                assert_eq!(r.unwrap_err().message, "thirteen");
+            } else {
+                assert_eq!(r.unwrap(), q * 10);
+            }
+        }
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 20, "{sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= 8), "{sizes:?}");
+        assert!(sizes.len() < 20, "requests waiting together went together: {sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_short_answer_fails_the_requests_it_leaves_out() {
+        let b = Batcher::new("short", 4, 1, |qs: Vec<u32>| async move {
+            qs.into_iter().skip(1).map(Ok).collect()
+        });
+        let r = b.call(1).await;
+        assert!(r.unwrap_err().message.contains("fewer than 1"));
+    }
+}
