@@ -280,10 +280,10 @@ fn facts(iin: Iin, p: &gbdfl::Person, a: &zags::GetPersonActsResponse) -> Person
 fn add_tokens<'a>(md: &mut tonic::metadata::MetadataMap, tokens: impl Iterator<Item = &'a Token>) {
     let mut seen = std::collections::HashSet::new();
     for t in tokens {
-        if seen.insert(t.0.as_str()) {
-            if let Ok(v) = t.0.parse() {
-                md.append(shep_consent::METADATA_KEY, v);
-            }
+        if seen.insert(t.0.as_str())
+            && let Ok(v) = t.0.parse()
+        {
+            md.append(shep_consent::METADATA_KEY, v);
         }
     }
 }
