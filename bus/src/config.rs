@@ -420,7 +420,8 @@ impl BusSettings {
     ///
     /// - `sdu`: GBD UL, GBD FL, ZAGS, e-license (all methods), KDP `IssueToken` and
     ///   `IssueTokens`, PEP `Notify` and `StreamAnswers`;
-    /// - `pep`: BMG `GetMobileNumber`, KDP `IssueToken`;
+    /// - `pep`: BMG `GetMobileNumber` and `GetMobileNumbers`, KDP `IssueToken` and
+    ///   `IssueTokens`;
     /// - `expertiza`, `sur`: GBD UL (reads), e-license `ListPermits`, `ListPermitsByBins`,
     ///   `GetPermit`, `ListCabinetNotifications`;
     /// - `operator`: everything (including `BusAdmin`).
@@ -462,7 +463,9 @@ impl BusSettings {
         }
         for m in [
             "kz.gov.bmg.v1.MobileRegistry/GetMobileNumber",
+            "kz.gov.bmg.v1.MobileRegistry/GetMobileNumbers",
             "kz.gov.kdp.v1.ConsentService/IssueToken",
+            "kz.gov.kdp.v1.ConsentService/IssueTokens",
         ] {
             access.push(AccessRule::allow("pep", m));
         }
@@ -625,10 +628,15 @@ mod tests {
             "kz.gov.zags.v1.CivilActRegistry/GetActsOfPersons",
         ] {
             assert!(m.decide("sdu", batch).is_ok(), "{batch}");
-            for other in ["pep", "expertiza", "sur"] {
+            for other in ["expertiza", "sur"] {
                 assert!(m.decide(other, batch).is_err(), "{other} {batch}");
             }
         }
+        // PEP's: its tokens and the phones, in batches as one by one.
+        let phones = "kz.gov.bmg.v1.MobileRegistry/GetMobileNumbers";
+        assert!(m.decide("pep", phones).is_ok() && m.decide("sdu", phones).is_err());
+        assert!(m.decide("pep", "kz.gov.kdp.v1.ConsentService/IssueTokens").is_ok());
+        assert!(m.decide("pep", "kz.gov.gbdfl.v1.PersonRegistry/GetPersons").is_err());
     }
 
     #[test]

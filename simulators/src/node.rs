@@ -65,7 +65,7 @@ pub fn node(registry: Registry, sim: Arc<Simulation>, cfg: NodeConfig, pep: Opti
             sim.clone(),
         )),
         Registry::Pep => b.add_service(Faulty::new(
-            PortalServer::new(pep::Pep { sim: s, links: pep })
+            PortalServer::new(pep::Pep { sim: s, links: pep, batches: Default::default() })
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
             registry,

@@ -69,7 +69,7 @@ impl Registry {
             Registry::ELicense => {
                 &["ListPermits", "ListPermitsByBins", "GetPermit", "ReissuePermit", "ListCabinetNotifications"]
             }
-            Registry::Bmg => &["GetMobileNumber"],
+            Registry::Bmg => &["GetMobileNumber", "GetMobileNumbers"],
             Registry::Pep => &["Notify", "StreamAnswers", "ListOutbox"],
             Registry::Kdp => &["IssueToken", "IssueTokens", "GetPublicKey", "GrantConsent", "RevokeConsent", "StreamRevocations"],
         }

@@ -4,7 +4,7 @@ mod common;
 
 use common::{Harness, collect, reason, violations};
 use shep_domain::{Bin, Iin, Sex};
-use shep_proto::bmg::GetMobileNumberRequest;
+use shep_proto::bmg::{GetMobileNumberRequest, GetMobileNumbersRequest, mobile_number_result};
 use shep_proto::bmg::mobile_registry_client::MobileRegistryClient;
 use shep_proto::elicense::permit_registry_client::PermitRegistryClient;
 use shep_proto::elicense::{
@@ -468,4 +468,25 @@ async fn bmg_numbers() {
     assert!(!r.registered);
     let e = bmg.get_mobile_number(GetMobileNumberRequest { iin: "000000000000".into() }).await.unwrap_err();
     assert_eq!(violations(&e), vec!["iin".to_string()]);
+
+    // Several at once: each as alone, a malformed IIN an error of its own.
+    let iins = vec![
+        c.persons()[with as usize].iin.to_string(),
+        "000000000000".into(),
+        c.persons()[without as usize].iin.to_string(),
+    ];
+    let r = bmg.get_mobile_numbers(GetMobileNumbersRequest { iins: iins.clone() }).await.unwrap().into_inner();
+    let got: Vec<_> = r.results.iter().map(|x| (x.iin.clone(), x.result.clone())).collect();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0].0, iins[0]);
+    match &got[0].1 {
+        Some(mobile_number_result::Result::Number(n)) => {
+            assert!(n.registered && n.phone == c.phone_of(with).unwrap().number)
+        }
+        other => panic!("a number expected, got {other:?}"),
+    }
+    assert!(matches!(&got[1].1, Some(mobile_number_result::Result::Error(e)) if e.code == Code::InvalidArgument as i32));
+    assert!(matches!(&got[2].1, Some(mobile_number_result::Result::Number(n)) if !n.registered));
+    let e = bmg.get_mobile_numbers(GetMobileNumbersRequest { iins: vec![] }).await.unwrap_err();
+    assert_eq!(violations(&e), vec!["iins".to_string()]);
 }

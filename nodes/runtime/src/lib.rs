@@ -12,6 +12,7 @@
 //! - [`logging`]: `tracing` set-up, human or JSON.
 //! - [`status`]: gRPC statuses with rich details (ErrorInfo, BadRequest).
 
+pub mod batch;
 pub mod config;
 pub mod identity;
 pub mod incoming;

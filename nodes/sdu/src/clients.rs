@@ -23,7 +23,7 @@ use shep_proto::{elicense, gbdfl, gbdul, kdp, pep, shep, zags};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use crate::batcher::{Batcher, all_failed};
+use shep_runtime::batch::{Batcher, all_failed};
 use crate::case::{PermitItem, PersonFacts, Subject, SubjectName};
 use crate::dates::{from_proto_ts, to_proto_date};
 use crate::pilot::Language;
@@ -74,6 +74,15 @@ impl CallError {
             retryable,
             consent_refused,
         }
+    }
+
+    /// A request of a batch left without its answer: worth another try.
+    fn lost<T>(message: String) -> Result<T, CallError> {
+        Err(CallError {
+            message,
+            retryable: true,
+            consent_refused: None,
+        })
     }
 
     fn bad_data(method: &str, what: String) -> CallError {
@@ -201,12 +210,12 @@ pub struct Upstream {
 /// A person's look-up: the IIN and the tokens for GBD FL and ZAGS.
 type PersonQuery = (Iin, Token, Token);
 
-/// The look-ups made in batches (see [`crate::batcher`]).
+/// The look-ups made in batches (see [`shep_runtime::batch`]).
 struct Batches {
     /// KDP `IssueTokens`: (subject, scope).
-    tokens: Batcher<(Iin, String), Token>,
+    tokens: Batcher<(Iin, String), Result<Token, CallError>>,
     /// GBD FL `GetPersons` with ZAGS `GetActsOfPersons`.
-    persons: Batcher<PersonQuery, PersonFacts>,
+    persons: Batcher<PersonQuery, Result<PersonFacts, CallError>>,
 }
 
 /// Most subjects in one batch look-up: each brings its consent token (about 300 bytes) in
@@ -317,11 +326,11 @@ impl Upstream {
         let batch = batch.min(MAX_CALL_BATCH);
         let (up1, up2) = (self.clone(), self.clone());
         self.batches = Some(Arc::new(Batches {
-            tokens: Batcher::new("kdp.IssueTokens", batch, BATCHES_IN_FLIGHT, move |qs| {
+            tokens: Batcher::new("kdp.IssueTokens", batch, BATCHES_IN_FLIGHT, CallError::lost, move |qs| {
                 let up = up1.clone();
                 async move { up.issue_tokens(qs).await }
             }),
-            persons: Batcher::new("gbdfl.GetPersons", batch, BATCHES_IN_FLIGHT, move |qs| {
+            persons: Batcher::new("gbdfl.GetPersons", batch, BATCHES_IN_FLIGHT, CallError::lost, move |qs| {
                 let up = up2.clone();
                 async move { up.persons_facts(qs).await }
             }),

@@ -14,7 +14,6 @@
 //!
 //! [`start`] serves the node and resumes every open run, case and timer from the database.
 
-pub mod batcher;
 pub mod calendar;
 pub mod case;
 pub mod clients;

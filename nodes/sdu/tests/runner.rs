@@ -999,7 +999,18 @@ async fn day_with_call_batch(
         .unwrap();
     let run = sdu.handle.run_daily("sez-000", run_date()).await.unwrap();
     settled(&sdu.handle, &run).await;
-    let cases = cases(&sdu.handle);
+    // The answers come at once but through PEP's stream: the cases as they stay once the
+    // run has been settled and unchanged for a while.
+    let mut cases = cases(&sdu.handle);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        settled(&sdu.handle, &run).await;
+        let again = self::cases(&sdu.handle);
+        if again == cases {
+            break;
+        }
+        cases = again;
+    }
     sdu.kill().await;
     let rec = env.fakes.rec();
     assert!(rec.missing_tokens.is_empty(), "{:?}", rec.missing_tokens);

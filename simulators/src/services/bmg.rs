@@ -3,8 +3,11 @@
 use std::sync::Arc;
 
 use shep_proto::bmg::mobile_registry_server::MobileRegistry;
-use shep_proto::bmg::{GetMobileNumberRequest, GetMobileNumberResponse};
-use shep_runtime::status::parse_iin;
+use shep_proto::bmg::{
+    GetMobileNumberRequest, GetMobileNumberResponse, GetMobileNumbersRequest, GetMobileNumbersResponse,
+    MobileNumberError, MobileNumberResult, mobile_number_result,
+};
+use shep_runtime::status::{invalid_field, parse_iin};
 use tonic::{Request, Response, Status};
 
 use crate::sim::Simulation;
@@ -15,22 +18,61 @@ pub struct Bmg {
     pub sim: Arc<Simulation>,
 }
 
-#[tonic::async_trait]
-impl MobileRegistry for Bmg {
-    async fn get_mobile_number(
-        &self,
-        req: Request<GetMobileNumberRequest>,
-    ) -> Result<Response<GetMobileNumberResponse>, Status> {
-        let iin = parse_iin("iin", &req.get_ref().iin)?;
+/// Most IINs in one `GetMobileNumbers`.
+pub const MAX_BATCH: usize = 1000;
+
+impl Bmg {
+    /// The number of the person `iin` (the request field `field`).
+    fn number(&self, field: &str, iin: &str) -> Result<GetMobileNumberResponse, Status> {
+        let iin = parse_iin(field, iin)?;
         let c = self.sim.country();
         let phone = c.person_index(&iin).and_then(|p| self.sim.state().people.phone(c, p));
-        Ok(Response::new(match phone {
+        Ok(match phone {
             Some(ph) => GetMobileNumberResponse {
                 registered: true,
                 phone: ph.number,
                 registered_at: Some(ts(ph.registered_at)),
             },
             None => GetMobileNumberResponse { registered: false, phone: String::new(), registered_at: None },
-        }))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl MobileRegistry for Bmg {
+    async fn get_mobile_number(
+        &self,
+        req: Request<GetMobileNumberRequest>,
+    ) -> Result<Response<GetMobileNumberResponse>, Status> {
+        self.number("iin", &req.get_ref().iin).map(Response::new)
+    }
+
+    async fn get_mobile_numbers(
+        &self,
+        req: Request<GetMobileNumbersRequest>,
+    ) -> Result<Response<GetMobileNumbersResponse>, Status> {
+        let iins = req.into_inner().iins;
+        if iins.is_empty() || iins.len() > MAX_BATCH {
+            return Err(invalid_field(
+                "iins",
+                format!("give 1 to {MAX_BATCH} IINs, got {}", iins.len()),
+                "INVALID_BATCH_SIZE",
+            ));
+        }
+        let results = iins
+            .into_iter()
+            .enumerate()
+            .map(|(i, iin)| {
+                let result = match self.number(&format!("iins[{i}]"), &iin) {
+                    Ok(n) => mobile_number_result::Result::Number(n),
+                    Err(s) => mobile_number_result::Result::Error(MobileNumberError {
+                        code: s.code() as i32,
+                        message: s.message().to_owned(),
+                    }),
+                };
+                MobileNumberResult { iin, result: Some(result) }
+            })
+            .collect();
+        Ok(Response::new(GetMobileNumbersResponse { results }))
     }
 }

@@ -8,10 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shep_proto::bmg::GetMobileNumberRequest;
+use std::sync::OnceLock;
+
 use shep_proto::bmg::mobile_registry_client::MobileRegistryClient;
-use shep_proto::kdp::IssueTokenRequest;
+use shep_proto::bmg::{GetMobileNumberRequest, GetMobileNumberResponse, GetMobileNumbersRequest, mobile_number_result};
 use shep_proto::kdp::consent_service_client::ConsentServiceClient;
+use shep_proto::kdp::{IssueTokensRequest, token_result};
+use shep_runtime::batch::{Batcher, all_failed};
 use shep_proto::pep::portal_server::Portal;
 use shep_proto::pep::{
     Answer, Language, ListOutboxRequest, NotifyRequest, NotifyResponse, OutboxSms, StreamAnswersRequest,
@@ -48,6 +51,114 @@ pub struct PepLinks {
 pub struct Pep {
     pub sim: Arc<Simulation>,
     pub links: Option<PepLinks>,
+    /// Its phone look-ups in batches, started on first use.
+    pub batches: OnceLock<PhoneBatches>,
+}
+
+/// Most subjects in one of PEP's batch look-ups (each token travels in the call's headers).
+const PHONE_BATCH: usize = 32;
+
+/// PEP's phone look-ups, coalesced: the tokens (KDP `IssueTokens`) and the numbers (BMG
+/// `GetMobileNumbers`) that SMS sent at the same time need go in batch calls, each subject
+/// with its own token. A lone SMS still makes its calls at once.
+pub struct PhoneBatches {
+    tokens: Batcher<String, Result<String, Status>>,
+    numbers: Batcher<(String, String), Result<GetMobileNumberResponse, Status>>,
+}
+
+impl PhoneBatches {
+    fn new(links: &PepLinks) -> PhoneBatches {
+        let (kdp, bmg) = (links.kdp.clone(), links.bmg.clone());
+        PhoneBatches {
+            tokens: Batcher::new("kdp.IssueTokens", PHONE_BATCH, 1, lost, move |subjects| {
+                issue_tokens(ConsentServiceClient::new(kdp.clone()), subjects)
+            }),
+            numbers: Batcher::new("bmg.GetMobileNumbers", PHONE_BATCH, 1, lost, move |qs| {
+                numbers(MobileRegistryClient::new(bmg.clone()), qs)
+            }),
+        }
+    }
+}
+
+fn lost<T>(why: String) -> Result<T, Status> {
+    Err(Status::unavailable(why))
+}
+
+/// A token for "pep" to read each subject's phone; each result as `IssueToken` gives it.
+async fn issue_tokens(
+    mut kdp: ConsentServiceClient<tonic::transport::Channel>,
+    subjects: Vec<String>,
+) -> Vec<Result<String, Status>> {
+    let n = subjects.len();
+    let mut req = Request::new(IssueTokensRequest {
+        subjects,
+        consumer: PEP_CONSUMER.into(),
+        scope: PHONE_SCOPE.into(),
+    });
+    req.set_timeout(UPSTREAM_TIMEOUT);
+    let results = match kdp.issue_tokens(req).await {
+        Ok(r) => r.into_inner().results,
+        Err(s) => return all_failed(n, s),
+    };
+    (0..n)
+        .map(|i| match results.get(i).and_then(|r| r.result.clone()) {
+            Some(token_result::Result::Token(t)) => Ok(t.token),
+            Some(token_result::Result::Refusal(f)) if f.code == Code::FailedPrecondition as i32 => Err(error(
+                Code::FailedPrecondition,
+                f.message,
+                crate::services::kdp::NO_CONSENT,
+                [("consumer", PEP_CONSUMER.to_owned()), ("scope", f.scope)],
+            )),
+            Some(token_result::Result::Refusal(f)) => Err(Status::new(Code::from_i32(f.code), f.message)),
+            None => Err(Status::internal(format!("KDP gave no result for subject {i}"))),
+        })
+        .collect()
+}
+
+/// The numbers of (IIN, token) pairs; each result as `GetMobileNumber` gives it. A batch
+/// refused as a whole for a reason that does not pass (one subject's consent revoked
+/// meanwhile, say) is asked again one subject at a time.
+async fn numbers(
+    mut bmg: MobileRegistryClient<tonic::transport::Channel>,
+    qs: Vec<(String, String)>,
+) -> Vec<Result<GetMobileNumberResponse, Status>> {
+    let mut req = Request::new(GetMobileNumbersRequest { iins: qs.iter().map(|(i, _)| i.clone()).collect() });
+    req.set_timeout(UPSTREAM_TIMEOUT);
+    let mut seen = std::collections::HashSet::new();
+    for (_, t) in &qs {
+        if seen.insert(t.as_str())
+            && let Ok(v) = t.parse()
+        {
+            req.metadata_mut().append(shep_consent::METADATA_KEY, v);
+        }
+    }
+    let results = match bmg.get_mobile_numbers(req).await {
+        Ok(r) => r.into_inner().results,
+        Err(s) if transient(s.code()) || qs.len() == 1 => return all_failed(qs.len(), s),
+        Err(_) => return futures::future::join_all(qs.iter().map(|(i, t)| number(bmg.clone(), i, t))).await,
+    };
+    (0..qs.len())
+        .map(|i| match results.get(i).and_then(|r| r.result.clone()) {
+            Some(mobile_number_result::Result::Number(n)) => Ok(n),
+            Some(mobile_number_result::Result::Error(e)) => Err(Status::new(Code::from_i32(e.code), e.message)),
+            None => Err(Status::internal(format!("BMG gave no result for IIN {i}"))),
+        })
+        .collect()
+}
+
+/// BMG `GetMobileNumber` of one person, with the token.
+async fn number(
+    mut bmg: MobileRegistryClient<tonic::transport::Channel>,
+    iin: &str,
+    token: &str,
+) -> Result<GetMobileNumberResponse, Status> {
+    let mut req = Request::new(GetMobileNumberRequest { iin: iin.to_owned() });
+    req.set_timeout(UPSTREAM_TIMEOUT);
+    let value = token
+        .parse()
+        .map_err(|_| error(Code::Internal, "KDP issued a token that is not valid metadata", "BAD_TOKEN", []))?;
+    req.metadata_mut().insert(shep_consent::METADATA_KEY, value);
+    Ok(bmg.get_mobile_number(req).await?.into_inner())
 }
 
 /// Whether a failed upstream call may succeed when retried.
@@ -97,7 +208,8 @@ fn respond(n: &Notified, outbox: &[Sms], replayed: bool) -> NotifyResponse {
 }
 
 impl Pep {
-    /// Reads the recipient's phone from BMG with a KDP token for "pep".
+    /// Reads the recipient's phone from BMG with a KDP token for "pep" (in batches with the
+    /// other SMS of the moment, see [`PhoneBatches`]).
     async fn phone(&self, iin: &str) -> Result<Option<String>, Status> {
         let links = self.links.as_ref().ok_or_else(|| {
             error(
@@ -107,22 +219,9 @@ impl Pep {
                 [("upstream", "bmg".into())],
             )
         })?;
-        let mut kdp = ConsentServiceClient::new(links.kdp.clone());
-        let mut req = Request::new(IssueTokenRequest {
-            subject: iin.to_owned(),
-            consumer: PEP_CONSUMER.into(),
-            scope: PHONE_SCOPE.into(),
-        });
-        req.set_timeout(UPSTREAM_TIMEOUT);
-        let token = kdp.issue_token(req).await.map_err(|s| upstream("kdp", s))?.into_inner().token;
-        let mut bmg = MobileRegistryClient::new(links.bmg.clone());
-        let mut req = Request::new(GetMobileNumberRequest { iin: iin.to_owned() });
-        req.set_timeout(UPSTREAM_TIMEOUT);
-        let value = token
-            .parse()
-            .map_err(|_| error(Code::Internal, "KDP issued a token that is not valid metadata", "BAD_TOKEN", []))?;
-        req.metadata_mut().insert(shep_consent::METADATA_KEY, value);
-        let r = bmg.get_mobile_number(req).await.map_err(|s| upstream("bmg", s))?.into_inner();
+        let b = self.batches.get_or_init(|| PhoneBatches::new(links));
+        let token = b.tokens.call(iin.to_owned()).await.map_err(|s| upstream("kdp", s))?;
+        let r = b.numbers.call((iin.to_owned(), token)).await.map_err(|s| upstream("bmg", s))?;
         Ok(r.registered.then_some(r.phone).filter(|p| !p.is_empty()))
     }
 }

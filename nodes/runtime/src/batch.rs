@@ -6,41 +6,42 @@
 //! busier the workers, the larger the batches (the group-commit principle). A lone request
 //! goes out at once, alone: nothing waits for a batch to fill.
 //!
-//! Each request gets the result of its own item. The batch function answers one result per
-//! request, in order; a batch call that fails as a whole gives its error to every request
-//! of the batch.
+//! Each request gets the result of its own item. The batch function answers one result `R`
+//! per request, in order (a batch call that fails as a whole gives its error to each); a
+//! request left without one (a short answer, the task gone) gets `lost(why)`.
+//!
+//! Used by the SDU for its look-ups and by the PEP simulator for its own.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::clients::CallError;
+type Item<Q, R> = (Q, oneshot::Sender<R>);
 
-type Item<Q, A> = (Q, oneshot::Sender<Result<A, CallError>>);
-
-/// Coalesces single requests `Q` into batch calls answering `A` for each.
-pub struct Batcher<Q, A> {
-    tx: mpsc::UnboundedSender<Item<Q, A>>,
+/// Coalesces single requests `Q` into batch calls answering `R` for each.
+pub struct Batcher<Q, R> {
+    tx: mpsc::UnboundedSender<Item<Q, R>>,
     what: &'static str,
+    lost: fn(String) -> R,
 }
 
-impl<Q, A> std::fmt::Debug for Batcher<Q, A> {
+impl<Q, R> std::fmt::Debug for Batcher<Q, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batcher").field("what", &self.what).finish()
     }
 }
 
-impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
+impl<Q: Send + 'static, R: Send + 'static> Batcher<Q, R> {
     /// Starts the batching task (on the current Tokio runtime). `call` makes one batch call
-    /// and returns one result per request, in order. The task ends when the batcher is
-    /// dropped.
-    pub fn new<F, Fut>(what: &'static str, max: usize, in_flight: usize, call: F) -> Self
+    /// of up to `max` requests and returns one result per request, in order; at most
+    /// `in_flight` of them are out at a time. The task ends when the batcher is dropped.
+    pub fn new<F, Fut>(what: &'static str, max: usize, in_flight: usize, lost: fn(String) -> R, call: F) -> Self
     where
         F: Fn(Vec<Q>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Vec<Result<A, CallError>>> + Send + 'static,
+        Fut: Future<Output = Vec<R>> + Send + 'static,
     {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Item<Q, A>>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Item<Q, R>>();
         let call = Arc::new(call);
         let slots = Arc::new(Semaphore::new(in_flight.max(1)));
         let max = max.max(1);
@@ -60,36 +61,30 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
                     let n = answer_to.len();
                     let mut results = call(qs).await.into_iter();
                     for tx in answer_to {
-                        let r = results.next().unwrap_or_else(|| {
-                            Err(CallError {
-                                message: format!("{what}: the batch answered fewer than {n} results"),
-                                retryable: true,
-                                consent_refused: None,
-                            })
-                        });
+                        let r = results
+                            .next()
+                            .unwrap_or_else(|| lost(format!("{what}: the batch answered fewer than {n} results")));
                         let _ = tx.send(r);
                     }
                 });
             }
         });
-        Batcher { tx, what }
+        Batcher { tx, what, lost }
     }
 
     /// One request, answered when its batch is.
-    pub async fn call(&self, q: Q) -> Result<A, CallError> {
-        let stopped = || CallError {
-            message: format!("{}: the batching task has stopped", self.what),
-            retryable: true,
-            consent_refused: None,
-        };
+    pub async fn call(&self, q: Q) -> R {
+        let stopped = || (self.lost)(format!("{}: the batching task has stopped", self.what));
         let (tx, rx) = oneshot::channel();
-        self.tx.send((q, tx)).map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        if self.tx.send((q, tx)).is_err() {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
     }
 }
 
 /// The results of a batch call that failed as a whole: its error for each of `n` requests.
-pub fn all_failed<A>(n: usize, e: CallError) -> Vec<Result<A, CallError>> {
+pub fn all_failed<A, E: Clone>(n: usize, e: E) -> Vec<Result<A, E>> {
     (0..n).map(|_| Err(e.clone())).collect()
 }
 
@@ -103,18 +98,14 @@ mod tests {
     async fn requests_made_together_share_batches_and_get_their_own_results() {
         let sizes = Arc::new(Mutex::new(vec![]));
         let s2 = sizes.clone();
-        let b = Arc::new(Batcher::new("test", 8, 1, move |qs: Vec<u32>| {
+        let b = Arc::new(Batcher::new("test", 8, 1, |why| Err(why), move |qs: Vec<u32>| {
             s2.lock().unwrap().push(qs.len());
             async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 qs.into_iter()
                     .map(|q| {
                         if q == 13 {
-                            Err(CallError {
-                                message: "thirteen".into(),
-                                retryable: false,
-                                consent_refused: None,
-                            })
+                            Err("thirteen".to_string())
                         } else {
                             Ok(q * 10)
                         }
@@ -131,7 +122,7 @@ mod tests {
         for c in calls {
             let (q, r) = c.await.unwrap();
             if q == 13 {
-                assert_eq!(r.unwrap_err().message, "thirteen");
+                assert_eq!(r.unwrap_err(), "thirteen");
             } else {
                 assert_eq!(r.unwrap(), q * 10);
             }
@@ -144,10 +135,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_short_answer_fails_the_requests_it_leaves_out() {
-        let b = Batcher::new("short", 4, 1, |qs: Vec<u32>| async move {
-            qs.into_iter().skip(1).map(Ok).collect()
+        let b = Batcher::new("short", 4, 1, Err, |qs: Vec<u32>| async move {
+            qs.into_iter().skip(1).map(Ok).collect::<Vec<Result<u32, String>>>()
         });
         let r = b.call(1).await;
-        assert!(r.unwrap_err().message.contains("fewer than 1"));
+        assert!(r.unwrap_err().contains("fewer than 1"));
     }
 }
