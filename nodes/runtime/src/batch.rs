@@ -98,7 +98,7 @@ mod tests {
     async fn requests_made_together_share_batches_and_get_their_own_results() {
         let sizes = Arc::new(Mutex::new(vec![]));
         let s2 = sizes.clone();
-        let b = Arc::new(Batcher::new("test", 8, 1, |why| Err(why), move |qs: Vec<u32>| {
+        let b = Arc::new(Batcher::new("test", 8, 1, Err, move |qs: Vec<u32>| {
             s2.lock().unwrap().push(qs.len());
             async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
