@@ -97,7 +97,7 @@ concurrency = {concurrency}
 # Individuals are always looked up one by one, each with its consent token.
 lookup_batch = {lookup_batch}
 # Consent tokens and person checks (GBD FL and ZAGS) that cases ask for at the same time go
-# in batch calls of up to this many subjects, each with its own token (1 to 40); 1: one
+# in batch calls of up to this many subjects, each with its own token (1 to 32); 1: one
 # IssueToken, GetPerson and GetPersonActs per subject.
 call_batch = {call_batch}
 # An operator's pilot catalog ([[pilot]] tables) replacing or adding to the shipped one.

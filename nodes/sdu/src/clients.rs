@@ -220,7 +220,7 @@ struct Batches {
 
 /// Most subjects in one batch look-up: each brings its consent token (about 300 bytes) in
 /// the call's metadata, and HTTP/2 servers take 16 KiB of headers by default.
-pub const MAX_CALL_BATCH: usize = 40;
+pub const MAX_CALL_BATCH: usize = 32;
 
 /// Batch calls of one kind out at a time; meanwhile the next batch fills.
 const BATCHES_IN_FLIGHT: usize = 1;

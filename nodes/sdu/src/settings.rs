@@ -33,7 +33,7 @@ pub struct SduSettings {
     /// Subjects in one batch look-up: consent tokens (KDP `IssueTokens`) and person checks
     /// (GBD FL `GetPersons` with ZAGS `GetActsOfPersons`) that cases ask for at the same time
     /// go together, each subject with its own token; 1 makes one call per subject
-    /// (`IssueToken`, `GetPerson`, `GetPersonActs`). From 1 to 40 (the tokens travel in the
+    /// (`IssueToken`, `GetPerson`, `GetPersonActs`). From 1 to 32 (the tokens travel in the
     /// call's headers).
     pub call_batch: usize,
     /// An operator's pilot catalog (TOML, `[[pilot]]` tables) that replaces pilots of the

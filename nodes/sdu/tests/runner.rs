@@ -985,8 +985,10 @@ async fn organizations_are_looked_up_in_batches_with_the_same_outcomes() {
 async fn day_with_call_batch(
     country: MapCountry,
     call_batch: usize,
-) -> (std::collections::BTreeMap<String, (Vec<String>, String, String, u32)>, (u64, u64, u64)) {
+    revoked: &[String],
+) -> (std::collections::BTreeMap<String, (Vec<String>, String, String, u32)>, (u64, u64, u64, usize)) {
     let env = Env::new(country, "2026-02-03T09:00:00", 0).await;
+    env.fakes.revoked.lock().unwrap().extend(revoked.iter().cloned());
     env.fakes
         .batch_delay_ms
         .store(10, std::sync::atomic::Ordering::SeqCst);
@@ -1014,28 +1016,57 @@ async fn day_with_call_batch(
     sdu.kill().await;
     let rec = env.fakes.rec();
     assert!(rec.missing_tokens.is_empty(), "{:?}", rec.missing_tokens);
-    (cases, (rec.single_lookups, rec.batched_lookups, rec.batch_calls))
+    let most = rec.refused_batches.iter().copied().max().unwrap_or(0);
+    // A batch refused as a whole for one subject is asked again one by one.
+    assert!(most <= 1 || rec.single_lookups > 0, "{:?}", rec.refused_batches);
+    (cases, (rec.single_lookups, rec.batched_lookups, rec.batch_calls, most))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_person_checks_go_in_batches_with_the_same_outcomes() {
     assert_eq!(shep_sdu::SduSettings::default().call_batch, 32);
     // Every road (consent refused, each exclusion, no phone, SMS): batched as one by one.
-    let (alone, (singles, batched, calls)) = day_with_call_batch(country().0, 1).await;
+    let (alone, (singles, batched, calls, _)) = day_with_call_batch(country().0, 1, &[]).await;
     assert_eq!((batched, calls), (0, 0), "one IssueToken, GetPerson, GetPersonActs each");
     let outcomes: std::collections::BTreeSet<&str> = alone.values().map(|c| c.1.as_str()).collect();
     assert!(outcomes.len() >= 6, "{outcomes:?}");
-    let (together, (singles2, batched2, _)) = day_with_call_batch(country().0, 32).await;
+    let (together, (singles2, batched2, ..)) = day_with_call_batch(country().0, 32, &[]).await;
     assert_eq!(together, alone, "the same cases as one by one");
     assert_eq!((singles2, batched2), (0, singles), "each subject asked once, in batches");
 
     // A crowd: its look-ups go in far fewer calls.
     const ORGS: u32 = 120;
-    let (alone, (singles, ..)) = day_with_call_batch(mixed_day(ORGS), 1).await;
-    let (together, (singles2, batched2, calls)) = day_with_call_batch(mixed_day(ORGS), 32).await;
+    let (alone, (singles, ..)) = day_with_call_batch(mixed_day(ORGS), 1, &[]).await;
+    let (together, (singles2, batched2, calls, _)) = day_with_call_batch(mixed_day(ORGS), 32, &[]).await;
     assert_eq!(together, alone, "the same cases as one by one");
     assert_eq!((singles2, batched2), (0, singles));
     assert!(calls * 2 < singles, "{calls} batch calls for {singles} look-ups");
+}
+
+/// A consent revoked after the token was issued: the bus refuses a batch check that holds
+/// the subject as a whole; asked again one by one, only that subject ends NO_CONSENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_revoked_before_the_check_refuses_that_subject_alone() {
+    let (country, who) = country();
+    // The heads of "silent" and "second_sms": checked in a batch with others (the first
+    // case's check goes out alone; the rest queue behind it).
+    let heads = [iin(3).to_string(), iin(12).to_string()];
+    let (alone, _) = day_with_call_batch(country, 1, &heads).await;
+    for k in ["silent", "second_sms"] {
+        assert_eq!(alone[&who[k]].1, "NO_CONSENT", "{k}: {alone:?}");
+    }
+    let (together, (.., refused)) = day_with_call_batch(self::country().0, 32, &heads).await;
+    assert!(refused > 1, "a batch of several was refused as a whole ({refused})");
+    assert_eq!(together, alone, "the same cases as one by one");
+    // Everyone else as without the revocation.
+    let (untouched, _) = day_with_call_batch(self::country().0, 32, &[]).await;
+    let others = |m: &std::collections::BTreeMap<String, (Vec<String>, String, String, u32)>| {
+        m.iter()
+            .filter(|(k, _)| **k != who["silent"] && **k != who["second_sms"])
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(others(&together), others(&untouched));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,6 +94,8 @@ pub struct Records {
     pub single_lookups: u64,
     pub batched_lookups: u64,
     pub batch_calls: u64,
+    /// The sizes of the batch look-ups refused as a whole (a subject's consent revoked).
+    pub refused_batches: Vec<usize>,
 }
 
 /// The fakes' shared state.
@@ -116,6 +118,9 @@ pub struct Fakes {
     /// A pause, in milliseconds, before each batch look-up (`IssueTokens`, `GetPersons`,
     /// `GetActsOfPersons`): the time a real registry takes, during which the next batch fills.
     pub batch_delay_ms: std::sync::atomic::AtomicU64,
+    /// Subjects whose consent is revoked after their token was issued: a personal-data call
+    /// about them is refused (`CONSENT_REVOKED`, as the bus refuses it), a batch as a whole.
+    pub revoked: Mutex<HashSet<String>>,
 }
 
 impl Fakes {
@@ -131,6 +136,7 @@ impl Fakes {
             diff_down: Default::default(),
             by_bins_failures: Default::default(),
             batch_delay_ms: Default::default(),
+            revoked: Default::default(),
         })
     }
 
@@ -150,6 +156,7 @@ impl Fakes {
             diff_down: Default::default(),
             by_bins_failures: Default::default(),
             batch_delay_ms: Default::default(),
+            revoked: Default::default(),
         })
     }
 
@@ -166,6 +173,7 @@ impl Fakes {
             diff_down: Default::default(),
             by_bins_failures: Default::default(),
             batch_delay_ms: Default::default(),
+            revoked: Default::default(),
         })
     }
 
@@ -204,6 +212,14 @@ impl Fakes {
         scope: &str,
         method: &str,
     ) -> Result<(), Status> {
+        if self.revoked.lock().unwrap().contains(iin) {
+            return Err(shep_runtime::status::error(
+                tonic::Code::PermissionDenied,
+                format!("the consent of {iin} was revoked"),
+                "CONSENT_REVOKED",
+                [],
+            ));
+        }
         // "tok:IIN:SCOPE SCOPE...": the subject matches and one of the scopes is this one;
         // a batch call carries one such token per subject.
         let ok = req
@@ -411,10 +427,12 @@ impl gbdfl::person_registry_server::PersonRegistry for Svc {
         }
         self.0.batch_pause().await;
         let mut out = vec![];
+        let n = iins.len();
         for iin in iins {
             // As the bus: a subject without its token refuses the whole call.
             self.0
-                .check_token(&req, &iin, "gbdfl.person.read", "GetPersons")?;
+                .check_token(&req, &iin, "gbdfl.person.read", "GetPersons")
+                .inspect_err(|_| self.0.rec().refused_batches.push(n))?;
             let result = match self.0.country.person(&iin) {
                 Some(p) => gbdfl::person_result::Result::Person(p),
                 None => gbdfl::person_result::Result::Error(gbdfl::PersonError {
@@ -485,9 +503,11 @@ impl zags::civil_act_registry_server::CivilActRegistry for Svc {
         }
         self.0.batch_pause().await;
         let mut out = vec![];
+        let n = iins.len();
         for iin in iins {
             self.0
-                .check_token(&req, &iin, "zags.acts.read", "GetActsOfPersons")?;
+                .check_token(&req, &iin, "zags.acts.read", "GetActsOfPersons")
+                .inspect_err(|_| self.0.rec().refused_batches.push(n))?;
             let acts = zags::GetPersonActsResponse {
                 acts: self.0.country.person_acts(&iin),
             };
