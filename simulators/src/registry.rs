@@ -67,7 +67,7 @@ impl Registry {
             Registry::GbdFl => &["GetPerson", "GetPersons"],
             Registry::Zags => &["StreamActs", "GetPersonActs", "GetActsOfPersons"],
             Registry::ELicense => {
-                &["ListPermits", "ListPermitsByBins", "GetPermit", "ReissuePermit", "ListCabinetNotifications"]
+                &["ListPermits", "ListPermitsByBins", "GetPermit", "ReissuePermit", "ReissueOrganizationPermits", "ListCabinetNotifications"]
             }
             Registry::Bmg => &["GetMobileNumber", "GetMobileNumbers"],
             Registry::Pep => &["Notify", "StreamAnswers", "ListOutbox"],

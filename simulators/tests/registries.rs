@@ -9,7 +9,8 @@ use shep_proto::bmg::mobile_registry_client::MobileRegistryClient;
 use shep_proto::elicense::permit_registry_client::PermitRegistryClient;
 use shep_proto::elicense::{
     GetPermitRequest, Holder, HolderName, ListCabinetNotificationsRequest, ListPermitsByBinsRequest,
-    ListPermitsRequest, PermitStatus, ReissuePermitRequest, holder, holder_name,
+    ListPermitsRequest, OrganizationReissue, PermitStatus, ReissueOrganizationPermitsRequest, ReissuePermitRequest,
+    holder, holder_name, reissue_result,
 };
 use shep_proto::gbdfl::person_registry_client::PersonRegistryClient;
 use shep_proto::gbdfl::{GetPersonRequest, GetPersonsRequest, person_result};
@@ -268,6 +269,50 @@ async fn elicense_reissue_is_idempotent_and_fills_the_cabinet() {
     let again = el.reissue_permit(req.clone()).await.unwrap().into_inner();
     assert!(again.replayed);
     assert_eq!(again.new_permit.unwrap().number, new.number);
+
+    // The batch form: the same item replays the single call's re-issue (same key, same
+    // request); a permit no one holds is an error of its own item, with its reason.
+    let item = OrganizationReissue {
+        permit_number: number.clone(),
+        holder_bin: bin.clone(),
+        new_name: match &new_name.name {
+            Some(holder_name::Name::Organization(t)) => Some(t.clone()),
+            _ => None,
+        },
+        idempotency_key: "case-1".into(),
+        reason: "proactive: test".into(),
+    };
+    let batch = el
+        .reissue_organization_permits(ReissueOrganizationPermitsRequest {
+            items: vec![
+                item.clone(),
+                OrganizationReissue { permit_number: "NO-SUCH".into(), idempotency_key: "case-9".into(), ..item.clone() },
+                OrganizationReissue { reason: "other".into(), ..item.clone() },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let out: Vec<_> = batch.results.into_iter().map(|r| r.result).collect();
+    match &out[0] {
+        Some(reissue_result::Result::Reissued(r)) => {
+            assert!(r.replayed);
+            assert_eq!(r.new_permit.as_ref().unwrap().number, new.number);
+        }
+        other => panic!("a replay expected, got {other:?}"),
+    }
+    match &out[1] {
+        Some(reissue_result::Result::Error(e)) => assert_eq!(e.code, Code::NotFound as i32),
+        other => panic!("an error expected, got {other:?}"),
+    }
+    match &out[2] {
+        Some(reissue_result::Result::Error(e)) => {
+            assert_eq!((e.code, e.reason.as_str()), (Code::AlreadyExists as i32, "IDEMPOTENCY_KEY_REUSED"))
+        }
+        other => panic!("an error expected, got {other:?}"),
+    }
+    let e = el.reissue_organization_permits(ReissueOrganizationPermitsRequest { items: vec![] }).await.unwrap_err();
+    assert_eq!(violations(&e), vec!["items".to_string()]);
     let all = el
         .list_permits(ListPermitsRequest { holder: Some(org_holder(&bin)), service_codes: vec![] })
         .await

@@ -192,7 +192,7 @@ async fn faults_apply_to_the_batched_permit_look_up() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.methods, 5);
+    assert_eq!(r.methods, 6);
     let t = Instant::now();
     el.list_permits_by_bins(by_bins()).await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(300));

@@ -32,6 +32,8 @@ const PATIENCE: Duration = Duration::from_secs(90);
 const LIST_PERMITS: &str = "/kz.gov.elicense.v1.PermitRegistry/ListPermits";
 const LIST_PERMITS_BY_BINS: &str = "/kz.gov.elicense.v1.PermitRegistry/ListPermitsByBins";
 const REISSUE: &str = "/kz.gov.elicense.v1.PermitRegistry/ReissuePermit";
+/// The batch form the SDU re-issues organizations' permits with.
+const REISSUE_BATCH: &str = "/kz.gov.elicense.v1.PermitRegistry/ReissueOrganizationPermits";
 const NOTIFY: &str = "/kz.gov.pep.v1.Portal/Notify";
 
 /// The tests of this file one at a time: each runs a topology and SDU processes, and two at
@@ -371,10 +373,12 @@ async fn killed_with_sigkill_at_three_points_the_sdu_process_ends_as_an_uninterr
 
     // (c) During re-issue: the answers taken after the restart lead to slow re-issues.
     w.fault(Registry::ELicense, REISSUE, 300);
+    w.fault(Registry::ELicense, REISSUE_BATCH, 300);
     let sdu = w.sdu().await;
     eventually("the first re-issues", || async { (w.reissue_count() >= 2).then_some(()) }).await;
     sdu.kill().await;
     w.fault(Registry::ELicense, REISSUE, 0);
+    w.fault(Registry::ELicense, REISSUE_BATCH, 0);
     let reissued_at_kill = w.reissue_count();
     assert!(reissued_at_kill < ref_reissues.len(), "killed during re-issue: {reissued_at_kill} of {}", ref_reissues.len());
 

@@ -216,6 +216,8 @@ struct Batches {
     tokens: Batcher<(Iin, String), Result<Token, CallError>>,
     /// GBD FL `GetPersons` with ZAGS `GetActsOfPersons`.
     persons: Batcher<PersonQuery, Result<PersonFacts, CallError>>,
+    /// e-license `ReissueOrganizationPermits`: the new permit's number.
+    reissues: Batcher<elicense::OrganizationReissue, Result<String, CallError>>,
 }
 
 /// Most subjects in one batch look-up: each brings its consent token (about 300 bytes) in
@@ -316,15 +318,16 @@ impl Upstream {
 
     /// With `batch` above 1, tokens and person checks asked for at the same time go in
     /// batch calls of up to `batch` subjects (KDP `IssueTokens`, GBD FL `GetPersons`, ZAGS
-    /// `GetActsOfPersons`), each subject with its own token. Starts the batching tasks on
-    /// the current Tokio runtime.
+    /// `GetActsOfPersons`), each subject with its own token, and so do the re-issues of
+    /// organizations' permits (e-license `ReissueOrganizationPermits`, each item idempotent
+    /// by its own key). Starts the batching tasks on the current Tokio runtime.
     pub fn batching(mut self, batch: usize) -> Self {
         if batch <= 1 {
             self.batches = None;
             return self;
         }
         let batch = batch.min(MAX_CALL_BATCH);
-        let (up1, up2) = (self.clone(), self.clone());
+        let (up1, up2, up3) = (self.clone(), self.clone(), self.clone());
         self.batches = Some(Arc::new(Batches {
             tokens: Batcher::new("kdp.IssueTokens", batch, BATCHES_IN_FLIGHT, CallError::lost, move |qs| {
                 let up = up1.clone();
@@ -334,6 +337,16 @@ impl Upstream {
                 let up = up2.clone();
                 async move { up.persons_facts(qs).await }
             }),
+            reissues: Batcher::new(
+                "elicense.ReissueOrganizationPermits",
+                batch,
+                BATCHES_IN_FLIGHT,
+                CallError::lost,
+                move |qs| {
+                    let up = up3.clone();
+                    async move { up.reissue_organizations(qs).await }
+                },
+            ),
         }));
         self
     }
@@ -785,6 +798,21 @@ impl Upstream {
         token: Option<&Token>,
     ) -> Result<String, CallError> {
         const M: &str = "elicense.ReissuePermit";
+        if let (Some(b), Subject::Organization(bin), SubjectName::Organization { ru, kk }, None) =
+            (&self.batches, subject, new_name, token)
+        {
+            let item = elicense::OrganizationReissue {
+                permit_number: permit.to_owned(),
+                holder_bin: bin.to_string(),
+                new_name: Some(shep::LocalizedText {
+                    ru: ru.clone(),
+                    kk: kk.clone(),
+                }),
+                idempotency_key: idempotency_key.to_owned(),
+                reason,
+            };
+            return b.reissues.call(item).await;
+        }
         let name = match new_name {
             SubjectName::Organization { ru, kk } => {
                 elicense::holder_name::Name::Organization(shep::LocalizedText {
@@ -819,6 +847,45 @@ impl Upstream {
             Some(p) if !p.number.is_empty() => Ok(p.number),
             _ => Err(CallError::bad_data(M, "no new permit".into())),
         }
+    }
+
+    /// e-license `ReissueOrganizationPermits` for the re-issues of a batch; each result as
+    /// [`Upstream::reissue`] would give it (the new permit's number, or the error
+    /// `ReissuePermit` would have answered, with its reason).
+    async fn reissue_organizations(
+        &self,
+        items: Vec<elicense::OrganizationReissue>,
+    ) -> Vec<Result<String, CallError>> {
+        const M: &str = "elicense.ReissueOrganizationPermits";
+        let n = items.len();
+        let req = elicense::ReissueOrganizationPermitsRequest { items };
+        let results = match self
+            .elicense
+            .clone()
+            .reissue_organization_permits(self.req(req, None))
+            .await
+        {
+            Ok(r) => r.into_inner().results,
+            Err(s) => return all_failed(n, CallError::from_status(M, &s)),
+        };
+        (0..n)
+            .map(|i| match results.get(i).and_then(|r| r.result.clone()) {
+                Some(elicense::reissue_result::Result::Reissued(r)) => match r.new_permit {
+                    Some(p) if !p.number.is_empty() => Ok(p.number),
+                    _ => Err(CallError::bad_data(M, "no new permit".into())),
+                },
+                Some(elicense::reissue_result::Result::Error(e)) => {
+                    let code = tonic::Code::from_i32(e.code);
+                    let status = if e.reason.is_empty() {
+                        tonic::Status::new(code, e.message)
+                    } else {
+                        shep_runtime::status::error(code, e.message, &e.reason, [])
+                    };
+                    Err(CallError::from_status(M, &status))
+                }
+                None => Err(CallError::bad_data(M, format!("no result for item {i}"))),
+            })
+            .collect()
     }
 
     /// PEP `StreamAnswers` from `cursor`; with `follow` the stream stays open.

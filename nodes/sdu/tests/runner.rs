@@ -1016,6 +1016,8 @@ async fn day_with_call_batch(
     sdu.kill().await;
     let rec = env.fakes.rec();
     assert!(rec.missing_tokens.is_empty(), "{:?}", rec.missing_tokens);
+    // Organizations' permits are re-issued in batches exactly when look-ups are.
+    assert_eq!(rec.reissue_batches.is_empty(), call_batch == 1, "{:?}", rec.reissue_batches);
     let most = rec.refused_batches.iter().copied().max().unwrap_or(0);
     // A batch refused as a whole for one subject is asked again one by one.
     assert!(most <= 1 || rec.single_lookups > 0, "{:?}", rec.refused_batches);

@@ -9,7 +9,9 @@ use shep_proto::elicense::permit_registry_server::PermitRegistry;
 use shep_proto::elicense::{
     CabinetNotification, GetPermitRequest, Holder, HolderName, HolderPermits, ListCabinetNotificationsRequest,
     ListCabinetNotificationsResponse, ListPermitsByBinsRequest, ListPermitsByBinsResponse, ListPermitsRequest,
-    ListPermitsResponse, Permit, PermitStatus, ReissuePermitRequest, ReissuePermitResponse, holder, holder_name,
+    ListPermitsResponse, Permit, PermitStatus, ReissueError, ReissueOrganizationPermitsRequest,
+    ReissueOrganizationPermitsResponse, ReissuePermitRequest, ReissuePermitResponse, ReissueResult, holder, holder_name,
+    reissue_result,
 };
 use shep_runtime::status::{error, invalid_field, not_found, parse_bin, parse_iin};
 use tonic::{Code, Request, Response, Status};
@@ -115,6 +117,72 @@ fn fingerprint(r: &ReissuePermitRequest) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+impl ELicense {
+    /// Re-issues a permit (`at` prefixes the request's field names in errors: "" or
+    /// "items[3]."); the single and the batch method answer with it.
+    fn reissue(&self, at: &str, r: &ReissuePermitRequest) -> Result<ReissuePermitResponse, Status> {
+        required(&format!("{at}idempotency_key"), &r.idempotency_key)?;
+        required(&format!("{at}permit_number"), &r.permit_number)?;
+        let c = self.sim.country();
+        let holder = parse_holder(c, r.holder.as_ref())?;
+        let new_name = check_new_name(&holder, r.new_holder_name.as_ref())?;
+        let fp = fingerprint(r);
+        let now = self.sim.now();
+        let today = self.sim.current_day();
+        let mut st = self.sim.state();
+        let respond = |st: &crate::state::State, old: u32, new: u32, replayed: bool| {
+            ReissuePermitResponse {
+                new_permit: views::permit(c, st, new),
+                old_permit: views::permit(c, st, old),
+                replayed,
+            }
+        };
+        if let Some(k) = st.permits.key(&r.idempotency_key) {
+            if k.fingerprint != fp {
+                return Err(error(
+                    Code::AlreadyExists,
+                    "this idempotency key was used with a different request",
+                    "IDEMPOTENCY_KEY_REUSED",
+                    [("idempotency_key", r.idempotency_key.clone())],
+                ));
+            }
+            let (old, new) = (k.old, k.new);
+            return Ok(respond(&st, old, new, true));
+        }
+        let old = st.permits.find(c, &r.permit_number).ok_or_else(|| not_found("permit", &r.permit_number))?;
+        let permit = st.permits.get(c, old).ok_or_else(|| not_found("permit", &r.permit_number))?;
+        if holder.holder_ref() != Some(permit.holder) {
+            return Err(error(
+                Code::FailedPrecondition,
+                format!("permit {} is not held by {}", r.permit_number, holder.key()),
+                "NOT_THE_HOLDER",
+                [("permit_number", r.permit_number.clone()), ("holder", holder.key())],
+            ));
+        }
+        if permit.status != PermitStatus::Active {
+            return Err(error(
+                Code::FailedPrecondition,
+                format!("permit {} is {}, not ACTIVE", r.permit_number, permit.status.as_str_name()),
+                "PERMIT_NOT_ACTIVE",
+                [("permit_number", r.permit_number.clone()), ("status", permit.status.as_str_name().to_owned())],
+            ));
+        }
+        let service = SERVICES[permit.service as usize];
+        let service_name = match service.lang {
+            catalog::Lang::Ru => service.ru,
+            catalog::Lang::Kk => service.kk,
+        };
+        let reissue =
+            Reissue { old, holder_name: new_name, issued: today, key: &r.idempotency_key, fingerprint: fp, now };
+        let new = st
+            .permits
+            .reissue(c, reissue, |o, n| catalog::reissue_notification(service.lang, o, n, service_name))
+            .ok_or_else(|| not_found("permit", &r.permit_number))?;
+        tracing::info!(old = %r.permit_number, key = %r.idempotency_key, reason = %r.reason, "permit re-issued");
+        Ok(respond(&st, old, new, false))
+    }
+}
+
 #[tonic::async_trait]
 impl PermitRegistry for ELicense {
     async fn list_permits(&self, req: Request<ListPermitsRequest>) -> Result<Response<ListPermitsResponse>, Status> {
@@ -181,66 +249,47 @@ impl PermitRegistry for ELicense {
         &self,
         req: Request<ReissuePermitRequest>,
     ) -> Result<Response<ReissuePermitResponse>, Status> {
-        let r = req.into_inner();
-        required("idempotency_key", &r.idempotency_key)?;
-        required("permit_number", &r.permit_number)?;
-        let c = self.sim.country();
-        let holder = parse_holder(c, r.holder.as_ref())?;
-        let new_name = check_new_name(&holder, r.new_holder_name.as_ref())?;
-        let fp = fingerprint(&r);
-        let now = self.sim.now();
-        let today = self.sim.current_day();
-        let mut st = self.sim.state();
-        let respond = |st: &crate::state::State, old: u32, new: u32, replayed: bool| {
-            Response::new(ReissuePermitResponse {
-                new_permit: views::permit(c, st, new),
-                old_permit: views::permit(c, st, old),
-                replayed,
+        self.reissue("", &req.into_inner()).map(Response::new)
+    }
+
+    async fn reissue_organization_permits(
+        &self,
+        req: Request<ReissueOrganizationPermitsRequest>,
+    ) -> Result<Response<ReissueOrganizationPermitsResponse>, Status> {
+        let items = req.into_inner().items;
+        if items.is_empty() || items.len() > MAX_BINS {
+            return Err(invalid_field(
+                "items",
+                format!("give 1 to {MAX_BINS} items, got {}", items.len()),
+                "INVALID_BATCH_SIZE",
+            ));
+        }
+        let results = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, it)| {
+                let single = ReissuePermitRequest {
+                    permit_number: it.permit_number,
+                    holder: Some(Holder { id: Some(holder::Id::Bin(it.holder_bin)) }),
+                    new_holder_name: Some(HolderName { name: it.new_name.map(holder_name::Name::Organization) }),
+                    idempotency_key: it.idempotency_key,
+                    reason: it.reason,
+                };
+                let result = match self.reissue(&format!("items[{i}]."), &single) {
+                    Ok(r) => reissue_result::Result::Reissued(r),
+                    Err(s) => {
+                        use tonic_types::StatusExt;
+                        reissue_result::Result::Error(ReissueError {
+                            code: s.code() as i32,
+                            message: s.message().to_owned(),
+                            reason: s.get_details_error_info().map(|e| e.reason).unwrap_or_default(),
+                        })
+                    }
+                };
+                ReissueResult { result: Some(result) }
             })
-        };
-        if let Some(k) = st.permits.key(&r.idempotency_key) {
-            if k.fingerprint != fp {
-                return Err(error(
-                    Code::AlreadyExists,
-                    "this idempotency key was used with a different request",
-                    "IDEMPOTENCY_KEY_REUSED",
-                    [("idempotency_key", r.idempotency_key.clone())],
-                ));
-            }
-            let (old, new) = (k.old, k.new);
-            return Ok(respond(&st, old, new, true));
-        }
-        let old = st.permits.find(c, &r.permit_number).ok_or_else(|| not_found("permit", &r.permit_number))?;
-        let permit = st.permits.get(c, old).ok_or_else(|| not_found("permit", &r.permit_number))?;
-        if holder.holder_ref() != Some(permit.holder) {
-            return Err(error(
-                Code::FailedPrecondition,
-                format!("permit {} is not held by {}", r.permit_number, holder.key()),
-                "NOT_THE_HOLDER",
-                [("permit_number", r.permit_number.clone()), ("holder", holder.key())],
-            ));
-        }
-        if permit.status != PermitStatus::Active {
-            return Err(error(
-                Code::FailedPrecondition,
-                format!("permit {} is {}, not ACTIVE", r.permit_number, permit.status.as_str_name()),
-                "PERMIT_NOT_ACTIVE",
-                [("permit_number", r.permit_number.clone()), ("status", permit.status.as_str_name().to_owned())],
-            ));
-        }
-        let service = SERVICES[permit.service as usize];
-        let service_name = match service.lang {
-            catalog::Lang::Ru => service.ru,
-            catalog::Lang::Kk => service.kk,
-        };
-        let reissue =
-            Reissue { old, holder_name: new_name, issued: today, key: &r.idempotency_key, fingerprint: fp, now };
-        let new = st
-            .permits
-            .reissue(c, reissue, |o, n| catalog::reissue_notification(service.lang, o, n, service_name))
-            .ok_or_else(|| not_found("permit", &r.permit_number))?;
-        tracing::info!(old = %r.permit_number, key = %r.idempotency_key, reason = %r.reason, "permit re-issued");
-        Ok(respond(&st, old, new, false))
+            .collect();
+        Ok(Response::new(ReissueOrganizationPermitsResponse { results }))
     }
 
     async fn list_cabinet_notifications(

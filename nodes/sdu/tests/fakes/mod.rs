@@ -96,6 +96,8 @@ pub struct Records {
     pub batch_calls: u64,
     /// The sizes of the batch look-ups refused as a whole (a subject's consent revoked).
     pub refused_batches: Vec<usize>,
+    /// The sizes of the `ReissueOrganizationPermits` calls.
+    pub reissue_batches: Vec<usize>,
 }
 
 /// The fakes' shared state.
@@ -528,6 +530,75 @@ fn holder_id(h: &Option<elicense::Holder>) -> Result<(String, bool), Status> {
     }
 }
 
+impl Svc {
+    /// e-license's re-issue, once the caller is checked: idempotent by key.
+    fn reissue(
+        &self,
+        holder: &str,
+        r: elicense::ReissuePermitRequest,
+    ) -> Result<elicense::ReissuePermitResponse, Status> {
+        if r.idempotency_key.is_empty() || r.new_holder_name.is_none() {
+            return Err(Status::invalid_argument("key and new name required"));
+        }
+        let Some(old) = self
+            .0
+            .country
+            .permits(holder)
+            .into_iter()
+            .find(|p| p.number == r.permit_number)
+        else {
+            return Err(shep_runtime::status::not_found("permit", &r.permit_number));
+        };
+        let mut rec = self.0.rec();
+        rec.reissue_count += 1;
+        let (replayed, new_number) = if self.0.lean {
+            (false, format!("R-{}", r.permit_number))
+        } else {
+            rec.reissue_calls.push(r.idempotency_key.clone());
+            match rec.reissued.get(&r.idempotency_key) {
+                Some((o, n)) if *o == r.permit_number => (true, n.clone()),
+                Some(_) => return Err(Status::already_exists("key used for another permit")),
+                None => {
+                    if !rec.reissued_permits.insert(r.permit_number.clone()) {
+                        return Err(Status::failed_precondition(
+                            "permit is not ACTIVE (re-issued already)",
+                        ));
+                    }
+                    let n = format!("R-{}", r.permit_number);
+                    rec.reissued.insert(
+                        r.idempotency_key.clone(),
+                        (r.permit_number.clone(), n.clone()),
+                    );
+                    (false, n)
+                }
+            }
+        };
+        if replayed {
+            rec.reissue_replays += 1;
+        }
+        drop(rec);
+        let new_permit = elicense::Permit {
+            number: new_number.clone(),
+            service_code: old.service_code.clone(),
+            holder: old.holder.clone(),
+            status: elicense::PermitStatus::Active as i32,
+            replaces: old.number.clone(),
+            ..Default::default()
+        };
+        let old_permit = elicense::Permit {
+            status: elicense::PermitStatus::Reissued as i32,
+            replaced_by: new_number,
+            ..old
+        };
+        Ok(elicense::ReissuePermitResponse {
+            new_permit: Some(new_permit),
+            old_permit: Some(old_permit),
+            replayed,
+        })
+    }
+
+}
+
 #[tonic::async_trait]
 impl elicense::permit_registry_server::PermitRegistry for Svc {
     async fn list_permits(
@@ -604,65 +675,47 @@ impl elicense::permit_registry_server::PermitRegistry for Svc {
         if self.0.call_delay_ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(self.0.call_delay_ms)).await;
         }
-        let r = req.into_inner();
-        if r.idempotency_key.is_empty() || r.new_holder_name.is_none() {
-            return Err(Status::invalid_argument("key and new name required"));
+        self.reissue(&holder, req.into_inner()).map(Response::new)
+    }
+
+    async fn reissue_organization_permits(
+        &self,
+        req: Request<elicense::ReissueOrganizationPermitsRequest>,
+    ) -> Result<Response<elicense::ReissueOrganizationPermitsResponse>, Status> {
+        let items = req.into_inner().items;
+        self.0.rec().reissue_batches.push(items.len());
+        if self.0.call_delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(self.0.call_delay_ms)).await;
         }
-        let Some(old) = self
-            .0
-            .country
-            .permits(&holder)
+        let results = items
             .into_iter()
-            .find(|p| p.number == r.permit_number)
-        else {
-            return Err(shep_runtime::status::not_found("permit", &r.permit_number));
-        };
-        let mut rec = self.0.rec();
-        rec.reissue_count += 1;
-        let (replayed, new_number) = if self.0.lean {
-            (false, format!("R-{}", r.permit_number))
-        } else {
-            rec.reissue_calls.push(r.idempotency_key.clone());
-            match rec.reissued.get(&r.idempotency_key) {
-                Some((o, n)) if *o == r.permit_number => (true, n.clone()),
-                Some(_) => return Err(Status::already_exists("key used for another permit")),
-                None => {
-                    if !rec.reissued_permits.insert(r.permit_number.clone()) {
-                        return Err(Status::failed_precondition(
-                            "permit is not ACTIVE (re-issued already)",
-                        ));
-                    }
-                    let n = format!("R-{}", r.permit_number);
-                    rec.reissued.insert(
-                        r.idempotency_key.clone(),
-                        (r.permit_number.clone(), n.clone()),
-                    );
-                    (false, n)
+            .map(|it| {
+                let holder = it.holder_bin.clone();
+                let r = elicense::ReissuePermitRequest {
+                    permit_number: it.permit_number,
+                    holder: Some(elicense::Holder {
+                        id: Some(elicense::holder::Id::Bin(it.holder_bin)),
+                    }),
+                    new_holder_name: it.new_name.map(|n| elicense::HolderName {
+                        name: Some(elicense::holder_name::Name::Organization(n)),
+                    }),
+                    idempotency_key: it.idempotency_key,
+                    reason: it.reason,
+                };
+                let result = match self.reissue(&holder, r) {
+                    Ok(x) => elicense::reissue_result::Result::Reissued(x),
+                    Err(s) => elicense::reissue_result::Result::Error(elicense::ReissueError {
+                        code: s.code() as i32,
+                        message: s.message().to_owned(),
+                        reason: String::new(),
+                    }),
+                };
+                elicense::ReissueResult {
+                    result: Some(result),
                 }
-            }
-        };
-        if replayed {
-            rec.reissue_replays += 1;
-        }
-        drop(rec);
-        let new_permit = elicense::Permit {
-            number: new_number.clone(),
-            service_code: old.service_code.clone(),
-            holder: old.holder.clone(),
-            status: elicense::PermitStatus::Active as i32,
-            replaces: old.number.clone(),
-            ..Default::default()
-        };
-        let old_permit = elicense::Permit {
-            status: elicense::PermitStatus::Reissued as i32,
-            replaced_by: new_number,
-            ..old
-        };
-        Ok(Response::new(elicense::ReissuePermitResponse {
-            new_permit: Some(new_permit),
-            old_permit: Some(old_permit),
-            replayed,
-        }))
+            })
+            .collect();
+        Ok(Response::new(elicense::ReissueOrganizationPermitsResponse { results }))
     }
 
     async fn list_cabinet_notifications(
