@@ -7,9 +7,10 @@ use shep_proto::bmg::{
     GetMobileNumberRequest, GetMobileNumberResponse, GetMobileNumbersRequest, GetMobileNumbersResponse,
     MobileNumberError, MobileNumberResult, mobile_number_result,
 };
-use shep_runtime::status::{invalid_field, parse_iin};
+use shep_runtime::status::parse_iin;
 use tonic::{Request, Response, Status};
 
+use super::common::each;
 use crate::sim::Simulation;
 use crate::time::ts;
 
@@ -17,9 +18,6 @@ use crate::time::ts;
 pub struct Bmg {
     pub sim: Arc<Simulation>,
 }
-
-/// Most IINs in one `GetMobileNumbers`.
-pub const MAX_BATCH: usize = 1000;
 
 impl Bmg {
     /// The number of the person `iin` (the request field `field`).
@@ -51,23 +49,14 @@ impl MobileRegistry for Bmg {
         &self,
         req: Request<GetMobileNumbersRequest>,
     ) -> Result<Response<GetMobileNumbersResponse>, Status> {
-        let iins = req.into_inner().iins;
-        if iins.is_empty() || iins.len() > MAX_BATCH {
-            return Err(invalid_field(
-                "iins",
-                format!("give 1 to {MAX_BATCH} IINs, got {}", iins.len()),
-                "INVALID_BATCH_SIZE",
-            ));
-        }
-        let results = iins
+        let results = each("iins", req.into_inner().iins, |f, iin| self.number(f, iin))?
             .into_iter()
-            .enumerate()
-            .map(|(i, iin)| {
-                let result = match self.number(&format!("iins[{i}]"), &iin) {
+            .map(|(iin, r)| {
+                let result = match r {
                     Ok(n) => mobile_number_result::Result::Number(n),
                     Err(s) => mobile_number_result::Result::Error(MobileNumberError {
                         code: s.code() as i32,
-                        message: s.message().to_owned(),
+                        message: s.message().into(),
                     }),
                 };
                 MobileNumberResult { iin, result: Some(result) }

@@ -102,3 +102,34 @@ where
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
+
+/// Most items in one call of a batch method.
+pub const MAX_BATCH: usize = 1000;
+
+/// Each item of a batch request with its own answer.
+pub type Answered<I, T> = Vec<(I, Result<T, Status>)>;
+
+/// The items of a batch request, each with what `one` answers for it as the single method
+/// would (`one` gets the item's field name, "iins[3]", for its errors). The list, the
+/// request field `field`, must hold 1 to [`MAX_BATCH`] items (INVALID_ARGUMENT otherwise).
+pub fn each<I, T>(
+    field: &str,
+    items: Vec<I>,
+    mut one: impl FnMut(&str, &I) -> Result<T, Status>,
+) -> Result<Answered<I, T>, Status> {
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(invalid_field(
+            field,
+            format!("give 1 to {MAX_BATCH} items, got {}", items.len()),
+            "INVALID_BATCH_SIZE",
+        ));
+    }
+    Ok(items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let r = one(&format!("{field}[{i}]"), &item);
+            (item, r)
+        })
+        .collect())
+}

@@ -16,7 +16,7 @@ use shep_proto::elicense::{
 use shep_runtime::status::{error, invalid_field, not_found, parse_bin, parse_iin};
 use tonic::{Code, Request, Response, Status};
 
-use super::common::required;
+use super::common::{each, required};
 use crate::catalog::{self, SERVICES};
 use crate::country::{Country, HolderRef};
 use crate::sim::Simulation;
@@ -256,39 +256,32 @@ impl PermitRegistry for ELicense {
         &self,
         req: Request<ReissueOrganizationPermitsRequest>,
     ) -> Result<Response<ReissueOrganizationPermitsResponse>, Status> {
-        let items = req.into_inner().items;
-        if items.is_empty() || items.len() > MAX_BINS {
-            return Err(invalid_field(
-                "items",
-                format!("give 1 to {MAX_BINS} items, got {}", items.len()),
-                "INVALID_BATCH_SIZE",
-            ));
-        }
-        let results = items
-            .into_iter()
-            .enumerate()
-            .map(|(i, it)| {
-                let single = ReissuePermitRequest {
-                    permit_number: it.permit_number,
-                    holder: Some(Holder { id: Some(holder::Id::Bin(it.holder_bin)) }),
-                    new_holder_name: Some(HolderName { name: it.new_name.map(holder_name::Name::Organization) }),
-                    idempotency_key: it.idempotency_key,
-                    reason: it.reason,
-                };
-                let result = match self.reissue(&format!("items[{i}]."), &single) {
-                    Ok(r) => reissue_result::Result::Reissued(r),
-                    Err(s) => {
-                        use tonic_types::StatusExt;
-                        reissue_result::Result::Error(ReissueError {
-                            code: s.code() as i32,
-                            message: s.message().to_owned(),
-                            reason: s.get_details_error_info().map(|e| e.reason).unwrap_or_default(),
-                        })
-                    }
-                };
-                ReissueResult { result: Some(result) }
-            })
-            .collect();
+        let results = each("items", req.into_inner().items, |f, it| {
+            let single = ReissuePermitRequest {
+                permit_number: it.permit_number.clone(),
+                holder: Some(Holder { id: Some(holder::Id::Bin(it.holder_bin.clone())) }),
+                new_holder_name: Some(HolderName { name: it.new_name.clone().map(holder_name::Name::Organization) }),
+                idempotency_key: it.idempotency_key.clone(),
+                reason: it.reason.clone(),
+            };
+            self.reissue(&format!("{f}."), &single)
+        })?
+        .into_iter()
+        .map(|(_, r)| {
+            let result = match r {
+                Ok(r) => reissue_result::Result::Reissued(r),
+                Err(s) => {
+                    use tonic_types::StatusExt;
+                    reissue_result::Result::Error(ReissueError {
+                        code: s.code() as i32,
+                        message: s.message().to_owned(),
+                        reason: s.get_details_error_info().map(|e| e.reason).unwrap_or_default(),
+                    })
+                }
+            };
+            ReissueResult { result: Some(result) }
+        })
+        .collect();
         Ok(Response::new(ReissueOrganizationPermitsResponse { results }))
     }
 

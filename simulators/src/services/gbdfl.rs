@@ -4,15 +4,12 @@ use std::sync::Arc;
 
 use shep_proto::gbdfl::person_registry_server::PersonRegistry;
 use shep_proto::gbdfl::{GetPersonRequest, GetPersonsRequest, Person, PersonError, PersonResult, person_result};
-use shep_runtime::status::{invalid_field, not_found, parse_iin};
+use shep_runtime::status::{not_found, parse_iin};
 use tonic::{Request, Response, Status};
 
-use super::common::{Feed, feed};
+use super::common::{Feed, each, feed};
 use crate::sim::Simulation;
 use crate::views;
-
-/// Most IINs in one batch.
-pub const MAX_BATCH: usize = 1000;
 
 /// The GBD FL simulator.
 pub struct GbdFl {
@@ -39,24 +36,12 @@ impl PersonRegistry for GbdFl {
     type GetPersonsStream = Feed<PersonResult>;
 
     async fn get_persons(&self, req: Request<GetPersonsRequest>) -> Result<Response<Self::GetPersonsStream>, Status> {
-        let iins = req.into_inner().iins;
-        if iins.is_empty() || iins.len() > MAX_BATCH {
-            return Err(invalid_field(
-                "iins",
-                format!("give 1 to {MAX_BATCH} IINs, got {}", iins.len()),
-                "INVALID_BATCH_SIZE",
-            ));
-        }
-        let results = iins
+        let results = each("iins", req.into_inner().iins, |f, iin| self.lookup(f, iin))?
             .into_iter()
-            .enumerate()
-            .map(|(i, iin)| {
-                let result = match self.lookup(&format!("iins[{i}]"), &iin) {
+            .map(|(iin, r)| {
+                let result = match r {
                     Ok(p) => person_result::Result::Person(p),
-                    Err(s) => person_result::Result::Error(PersonError {
-                        code: s.code() as i32,
-                        message: s.message().to_owned(),
-                    }),
+                    Err(s) => person_result::Result::Error(PersonError { code: s.code() as i32, message: s.message().into() }),
                 };
                 PersonResult { iin, result: Some(result) }
             })

@@ -13,7 +13,7 @@ use shep_proto::kdp::{
 use shep_runtime::status::{error, invalid_field, parse_iin};
 use tonic::{Code, Request, Response, Status};
 
-use super::common::{Feed, required, tail};
+use super::common::{Feed, each, required, tail};
 use crate::cursor;
 use crate::sim::Simulation;
 use crate::time::ts;
@@ -38,9 +38,6 @@ fn token_id(seed: u64, n: u64) -> String {
     b.copy_from_slice(&d[..16]);
     uuid::Builder::from_random_bytes(b).into_uuid().to_string()
 }
-
-/// Most subjects in one `IssueTokens`.
-pub const MAX_BATCH: usize = 1000;
 
 impl Kdp {
     /// A token for `subject` (the request field `field`), `consumer` and `scope` (one or
@@ -99,21 +96,12 @@ impl ConsentService for Kdp {
 
     async fn issue_tokens(&self, req: Request<IssueTokensRequest>) -> Result<Response<IssueTokensResponse>, Status> {
         let r = req.into_inner();
-        if r.subjects.is_empty() || r.subjects.len() > MAX_BATCH {
-            return Err(invalid_field(
-                "subjects",
-                format!("give 1 to {MAX_BATCH} subjects, got {}", r.subjects.len()),
-                "INVALID_BATCH_SIZE",
-            ));
-        }
         required("consumer", &r.consumer)?;
         required("scope", &r.scope)?;
-        let results = r
-            .subjects
+        let results = each("subjects", r.subjects, |f, s| self.issue(f, s, &r.consumer, &r.scope))?
             .into_iter()
-            .enumerate()
-            .map(|(i, subject)| {
-                let result = match self.issue(&format!("subjects[{i}]"), &subject, &r.consumer, &r.scope) {
+            .map(|(subject, issued)| {
+                let result = match issued {
                     Ok(t) => token_result::Result::Token(t),
                     Err(s) => {
                         use tonic_types::StatusExt;

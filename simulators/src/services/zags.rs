@@ -10,7 +10,7 @@ use shep_proto::zags::{
 use shep_runtime::status::{invalid_field, parse_iin};
 use tonic::{Request, Response, Status};
 
-use super::common::{Feed, feed, limited, range};
+use super::common::{Feed, each, feed, limited, range};
 use crate::cursor;
 use crate::sim::Simulation;
 use crate::views;
@@ -76,24 +76,12 @@ impl CivilActRegistry for Zags {
         &self,
         req: Request<GetActsOfPersonsRequest>,
     ) -> Result<Response<Self::GetActsOfPersonsStream>, Status> {
-        let iins = req.into_inner().iins;
-        if iins.is_empty() || iins.len() > MAX_BATCH {
-            return Err(invalid_field(
-                "iins",
-                format!("give 1 to {MAX_BATCH} IINs, got {}", iins.len()),
-                "INVALID_BATCH_SIZE",
-            ));
-        }
-        let results = iins
+        let results = each("iins", req.into_inner().iins, |f, iin| self.acts_of(f, iin))?
             .into_iter()
-            .enumerate()
-            .map(|(i, iin)| {
-                let result = match self.acts_of(&format!("iins[{i}]"), &iin) {
+            .map(|(iin, r)| {
+                let result = match r {
                     Ok(a) => person_acts_result::Result::Acts(a),
-                    Err(s) => person_acts_result::Result::Error(ActsError {
-                        code: s.code() as i32,
-                        message: s.message().to_owned(),
-                    }),
+                    Err(s) => person_acts_result::Result::Error(ActsError { code: s.code() as i32, message: s.message().into() }),
                 };
                 PersonActsResult { iin, result: Some(result) }
             })
@@ -101,9 +89,6 @@ impl CivilActRegistry for Zags {
         Ok(Response::new(feed(results)))
     }
 }
-
-/// Most IINs in one `GetActsOfPersons`.
-pub const MAX_BATCH: usize = 1000;
 
 impl Zags {
     /// The acts of the person `iin` (the request field `field`); none for an unknown one.
