@@ -247,6 +247,28 @@ impl Fakes {
         }
     }
 
+    /// A batch look-up of personal data, counted and paused; as the bus, a subject without
+    /// its token refuses the whole call.
+    async fn batch_look_up<T>(
+        &self,
+        req: &Request<T>,
+        iins: &[String],
+        scope: &str,
+        method: &str,
+    ) -> Result<(), Status> {
+        {
+            let mut r = self.rec();
+            r.batch_calls += 1;
+            r.batched_lookups += iins.len() as u64;
+        }
+        self.batch_pause().await;
+        for iin in iins {
+            self.check_token(req, iin, scope, method)
+                .inspect_err(|_| self.rec().refused_batches.push(iins.len()))?;
+        }
+        Ok(())
+    }
+
     async fn batch_pause(&self) {
         let ms = self.batch_delay_ms.load(std::sync::atomic::Ordering::SeqCst);
         if ms > 0 {
@@ -422,19 +444,11 @@ impl gbdfl::person_registry_server::PersonRegistry for Svc {
         req: Request<gbdfl::GetPersonsRequest>,
     ) -> Result<Response<Self::GetPersonsStream>, Status> {
         let iins = req.get_ref().iins.clone();
-        {
-            let mut r = self.0.rec();
-            r.batch_calls += 1;
-            r.batched_lookups += iins.len() as u64;
-        }
-        self.0.batch_pause().await;
+        self.0
+            .batch_look_up(&req, &iins, "gbdfl.person.read", "GetPersons")
+            .await?;
         let mut out = vec![];
-        let n = iins.len();
         for iin in iins {
-            // As the bus: a subject without its token refuses the whole call.
-            self.0
-                .check_token(&req, &iin, "gbdfl.person.read", "GetPersons")
-                .inspect_err(|_| self.0.rec().refused_batches.push(n))?;
             let result = match self.0.country.person(&iin) {
                 Some(p) => gbdfl::person_result::Result::Person(p),
                 None => gbdfl::person_result::Result::Error(gbdfl::PersonError {
@@ -498,18 +512,11 @@ impl zags::civil_act_registry_server::CivilActRegistry for Svc {
         req: Request<zags::GetActsOfPersonsRequest>,
     ) -> Result<Response<Self::GetActsOfPersonsStream>, Status> {
         let iins = req.get_ref().iins.clone();
-        {
-            let mut r = self.0.rec();
-            r.batch_calls += 1;
-            r.batched_lookups += iins.len() as u64;
-        }
-        self.0.batch_pause().await;
+        self.0
+            .batch_look_up(&req, &iins, "zags.acts.read", "GetActsOfPersons")
+            .await?;
         let mut out = vec![];
-        let n = iins.len();
         for iin in iins {
-            self.0
-                .check_token(&req, &iin, "zags.acts.read", "GetActsOfPersons")
-                .inspect_err(|_| self.0.rec().refused_batches.push(n))?;
             let acts = zags::GetPersonActsResponse {
                 acts: self.0.country.person_acts(&iin),
             };
