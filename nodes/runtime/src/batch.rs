@@ -88,6 +88,30 @@ pub fn all_failed<A, E: Clone>(n: usize, e: E) -> Vec<Result<A, E>> {
     (0..n).map(|_| Err(e.clone())).collect()
 }
 
+/// The results of a batch answer for its `n` items, in order and consumed; `None` for an
+/// item the answer left out.
+pub fn each_of<T>(results: Vec<T>, n: usize) -> impl Iterator<Item = Option<T>> {
+    let mut it = results.into_iter();
+    (0..n).map(move |_| it.next())
+}
+
+/// Appends each distinct value under `key` (the consent tokens of a batch's subjects, one
+/// metadata value each); a value that is no valid metadata is left out.
+pub fn append_distinct<'a>(
+    md: &mut tonic::metadata::MetadataMap,
+    key: &'static str,
+    values: impl Iterator<Item = &'a str>,
+) {
+    let mut seen = std::collections::HashSet::new();
+    for v in values {
+        if seen.insert(v)
+            && let Ok(v) = v.parse()
+        {
+            md.append(key, v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +155,16 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 20, "{sizes:?}");
         assert!(sizes.iter().all(|&n| n <= 8), "{sizes:?}");
         assert!(sizes.len() < 20, "requests waiting together went together: {sizes:?}");
+    }
+
+    #[test]
+    fn answers_are_taken_in_order_and_tokens_once_each() {
+        let got: Vec<_> = each_of(vec!["a", "b"], 3).collect();
+        assert_eq!(got, [Some("a"), Some("b"), None]);
+        let mut md = tonic::metadata::MetadataMap::new();
+        append_distinct(&mut md, "x-kdp-token", ["t1", "t2", "t1", "bad\n"].into_iter());
+        let values: Vec<_> = md.get_all("x-kdp-token").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(values, ["t1", "t2"]);
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use shep_proto::{elicense, gbdfl, gbdul, kdp, pep, shep, zags};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-use shep_runtime::batch::{Batcher, all_failed};
+use shep_runtime::batch::{Batcher, all_failed, append_distinct, each_of};
 use crate::case::{PermitItem, PersonFacts, Subject, SubjectName};
 use crate::dates::{from_proto_ts, to_proto_date};
 use crate::pilot::Language;
@@ -287,16 +287,16 @@ fn facts(iin: Iin, p: &gbdfl::Person, a: &zags::GetPersonActsResponse) -> Person
     }
 }
 
-/// The distinct `tokens` in the consent metadata key, one value each.
-fn add_tokens<'a>(md: &mut tonic::metadata::MetadataMap, tokens: impl Iterator<Item = &'a Token>) {
-    let mut seen = std::collections::HashSet::new();
-    for t in tokens {
-        if seen.insert(t.0.as_str())
-            && let Ok(v) = t.0.parse()
-        {
-            md.append(shep_consent::METADATA_KEY, v);
-        }
-    }
+/// An item of a batch that failed, as its single call would have failed: the status `code`,
+/// `message` and ErrorInfo `reason` the single method answers with.
+fn item_failed(method: &str, code: i32, message: String, reason: &str) -> CallError {
+    let code = tonic::Code::from_i32(code);
+    let status = if reason.is_empty() {
+        tonic::Status::new(code, message)
+    } else {
+        shep_runtime::status::error(code, message, reason, [])
+    };
+    CallError::from_status(method, &status)
 }
 
 impl Upstream {
@@ -586,23 +586,21 @@ impl Upstream {
                     continue;
                 }
             };
-            for (k, &i) in idx.iter().enumerate() {
-                let r = match results.get(k).and_then(|r| r.result.clone()) {
+            for (&i, r) in idx.iter().zip(each_of(results, idx.len())) {
+                let r = match r.and_then(|r| r.result) {
                     Some(kdp::token_result::Result::Token(t)) => Ok(Token(t.token)),
-                    Some(kdp::token_result::Result::Refusal(f)) => {
-                        let code = tonic::Code::from_i32(f.code);
-                        if code == tonic::Code::FailedPrecondition {
-                            let refused = if f.scope.is_empty() { scope.to_owned() } else { f.scope };
-                            Err(CallError {
-                                message: format!("{M}: {refused}: {}", f.message),
-                                retryable: false,
-                                consent_refused: Some(refused),
-                            })
-                        } else {
-                            Err(CallError::from_status(M, &tonic::Status::new(code, f.message)))
-                        }
+                    Some(kdp::token_result::Result::Refusal(f))
+                        if f.code == tonic::Code::FailedPrecondition as i32 =>
+                    {
+                        let refused = if f.scope.is_empty() { scope.to_owned() } else { f.scope };
+                        Err(CallError {
+                            message: format!("{M}: {refused}: {}", f.message),
+                            retryable: false,
+                            consent_refused: Some(refused),
+                        })
                     }
-                    None => Err(CallError::bad_data(M, format!("no result for subject {k}"))),
+                    Some(kdp::token_result::Result::Refusal(f)) => Err(item_failed(M, f.code, f.message, "")),
+                    None => Err(CallError::bad_data(M, format!("no result for subject {}", qs[i].0))),
                 };
                 out[i] = Some(r);
             }
@@ -666,8 +664,9 @@ impl Upstream {
         let mut a = tonic::Request::new(zags::GetActsOfPersonsRequest { iins });
         p.set_timeout(self.timeout);
         a.set_timeout(self.timeout);
-        add_tokens(p.metadata_mut(), qs.iter().map(|(_, t, _)| t));
-        add_tokens(a.metadata_mut(), qs.iter().map(|(_, _, t)| t));
+        let key = shep_consent::METADATA_KEY;
+        append_distinct(p.metadata_mut(), key, qs.iter().map(|(_, t, _)| t.0.as_str()));
+        append_distinct(a.metadata_mut(), key, qs.iter().map(|(_, _, t)| t.0.as_str()));
         let (mut gbdfl, mut zags) = (self.gbdfl.clone(), self.zags.clone());
         let (p, a) = futures::join!(
             async {
@@ -692,30 +691,21 @@ impl Upstream {
                 return futures::future::join_all(alone).await;
             }
         };
+        let n = qs.len();
         qs.iter()
-            .enumerate()
-            .map(|(k, (iin, _, _))| {
-                let person = match persons.get(k).and_then(|r| r.result.clone()) {
+            .zip(each_of(persons, n).zip(each_of(acts, n)))
+            .map(|((iin, _, _), (person, acts))| {
+                const P: &str = "gbdfl.GetPersons";
+                const A: &str = "zags.GetActsOfPersons";
+                let person = match person.and_then(|r| r.result) {
                     Some(gbdfl::person_result::Result::Person(p)) => p,
-                    Some(gbdfl::person_result::Result::Error(e)) => {
-                        return Err(CallError::from_status(
-                            "gbdfl.GetPersons",
-                            &tonic::Status::new(tonic::Code::from_i32(e.code), e.message),
-                        ));
-                    }
-                    None => return Err(CallError::bad_data("gbdfl.GetPersons", format!("no result for {iin}"))),
+                    Some(gbdfl::person_result::Result::Error(e)) => return Err(item_failed(P, e.code, e.message, "")),
+                    None => return Err(CallError::bad_data(P, format!("no result for {iin}"))),
                 };
-                let acts = match acts.get(k).and_then(|r| r.result.clone()) {
+                let acts = match acts.and_then(|r| r.result) {
                     Some(zags::person_acts_result::Result::Acts(a)) => a,
-                    Some(zags::person_acts_result::Result::Error(e)) => {
-                        return Err(CallError::from_status(
-                            "zags.GetActsOfPersons",
-                            &tonic::Status::new(tonic::Code::from_i32(e.code), e.message),
-                        ));
-                    }
-                    None => {
-                        return Err(CallError::bad_data("zags.GetActsOfPersons", format!("no result for {iin}")));
-                    }
+                    Some(zags::person_acts_result::Result::Error(e)) => return Err(item_failed(A, e.code, e.message, "")),
+                    None => return Err(CallError::bad_data(A, format!("no result for {iin}"))),
                 };
                 Ok(facts(*iin, &person, &acts))
             })
@@ -868,21 +858,14 @@ impl Upstream {
             Ok(r) => r.into_inner().results,
             Err(s) => return all_failed(n, CallError::from_status(M, &s)),
         };
-        (0..n)
-            .map(|i| match results.get(i).and_then(|r| r.result.clone()) {
+        each_of(results, n)
+            .enumerate()
+            .map(|(i, r)| match r.and_then(|r| r.result) {
                 Some(elicense::reissue_result::Result::Reissued(r)) => match r.new_permit {
                     Some(p) if !p.number.is_empty() => Ok(p.number),
                     _ => Err(CallError::bad_data(M, "no new permit".into())),
                 },
-                Some(elicense::reissue_result::Result::Error(e)) => {
-                    let code = tonic::Code::from_i32(e.code);
-                    let status = if e.reason.is_empty() {
-                        tonic::Status::new(code, e.message)
-                    } else {
-                        shep_runtime::status::error(code, e.message, &e.reason, [])
-                    };
-                    Err(CallError::from_status(M, &status))
-                }
+                Some(elicense::reissue_result::Result::Error(e)) => Err(item_failed(M, e.code, e.message, &e.reason)),
                 None => Err(CallError::bad_data(M, format!("no result for item {i}"))),
             })
             .collect()

@@ -14,7 +14,7 @@ use shep_proto::bmg::mobile_registry_client::MobileRegistryClient;
 use shep_proto::bmg::{GetMobileNumberRequest, GetMobileNumberResponse, GetMobileNumbersRequest, mobile_number_result};
 use shep_proto::kdp::consent_service_client::ConsentServiceClient;
 use shep_proto::kdp::{IssueTokensRequest, token_result};
-use shep_runtime::batch::{Batcher, all_failed};
+use shep_runtime::batch::{Batcher, all_failed, append_distinct, each_of};
 use shep_proto::pep::portal_server::Portal;
 use shep_proto::pep::{
     Answer, Language, ListOutboxRequest, NotifyRequest, NotifyResponse, OutboxSms, StreamAnswersRequest,
@@ -100,8 +100,9 @@ async fn issue_tokens(
         Ok(r) => r.into_inner().results,
         Err(s) => return all_failed(n, s),
     };
-    (0..n)
-        .map(|i| match results.get(i).and_then(|r| r.result.clone()) {
+    each_of(results, n)
+        .enumerate()
+        .map(|(i, r)| match r.and_then(|r| r.result) {
             Some(token_result::Result::Token(t)) => Ok(t.token),
             Some(token_result::Result::Refusal(f)) if f.code == Code::FailedPrecondition as i32 => Err(error(
                 Code::FailedPrecondition,
@@ -124,21 +125,15 @@ async fn numbers(
 ) -> Vec<Result<GetMobileNumberResponse, Status>> {
     let mut req = Request::new(GetMobileNumbersRequest { iins: qs.iter().map(|(i, _)| i.clone()).collect() });
     req.set_timeout(UPSTREAM_TIMEOUT);
-    let mut seen = std::collections::HashSet::new();
-    for (_, t) in &qs {
-        if seen.insert(t.as_str())
-            && let Ok(v) = t.parse()
-        {
-            req.metadata_mut().append(shep_consent::METADATA_KEY, v);
-        }
-    }
+    append_distinct(req.metadata_mut(), shep_consent::METADATA_KEY, qs.iter().map(|(_, t)| t.as_str()));
     let results = match bmg.get_mobile_numbers(req).await {
         Ok(r) => r.into_inner().results,
         Err(s) if transient(s.code()) || qs.len() == 1 => return all_failed(qs.len(), s),
         Err(_) => return futures::future::join_all(qs.iter().map(|(i, t)| number(bmg.clone(), i, t))).await,
     };
-    (0..qs.len())
-        .map(|i| match results.get(i).and_then(|r| r.result.clone()) {
+    each_of(results, qs.len())
+        .enumerate()
+        .map(|(i, r)| match r.and_then(|r| r.result) {
             Some(mobile_number_result::Result::Number(n)) => Ok(n),
             Some(mobile_number_result::Result::Error(e)) => Err(Status::new(Code::from_i32(e.code), e.message)),
             None => Err(Status::internal(format!("BMG gave no result for IIN {i}"))),
