@@ -710,6 +710,21 @@ pub fn subject_accesses(path: &Path, iin: &str) -> Result<Vec<AuditRecord>, Audi
     Ok(one_per_call(rows))
 }
 
+/// How many records each (caller, method) left, most first: where a run's calls went.
+pub fn records_by_method(path: &Path) -> Result<Vec<(String, String, u64)>, AuditError> {
+    let conn = open_read(path)?;
+    let s = sqlite(path);
+    let mut stmt = conn
+        .prepare("SELECT caller, method, count(*) AS n FROM audit GROUP BY caller, method ORDER BY n DESC, caller, method")
+        .map_err(&s)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))
+        .map_err(&s)?
+        .collect::<Result<_, _>>()
+        .map_err(&s)?;
+    Ok(rows)
+}
+
 /// Keeps one record per call (by `call_seq`): the last one, in the order of the calls.
 pub fn one_per_call(rows: Vec<AuditRecord>) -> Vec<AuditRecord> {
     let mut by_call: std::collections::BTreeMap<u64, AuditRecord> = Default::default();
@@ -908,6 +923,34 @@ mod tests {
             }
         });
         (dir, s.path)
+    }
+
+    #[test]
+    fn records_are_counted_by_caller_and_method() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        rt().block_on(async {
+            let log = AuditLog::open(&s).unwrap();
+            for i in 0..5 {
+                let mut e = entry(i, "900515300018");
+                if i % 2 == 0 {
+                    e.caller = "pep".into();
+                }
+                log.append(e).await.unwrap();
+            }
+            let mut e = entry(9, "");
+            e.method = "/kz.gov.pep.v1.Portal/Notify".into();
+            log.append(e).await.unwrap();
+        });
+        let gbdfl = "/kz.gov.gbdfl.v1.PersonRegistry/GetPerson".to_owned();
+        assert_eq!(
+            records_by_method(&s.path).unwrap(),
+            vec![
+                ("pep".to_owned(), gbdfl.clone(), 3),
+                ("sdu".to_owned(), gbdfl, 2),
+                ("sdu".to_owned(), "/kz.gov.pep.v1.Portal/Notify".to_owned(), 1),
+            ]
+        );
     }
 
     #[test]

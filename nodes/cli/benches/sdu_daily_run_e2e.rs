@@ -165,6 +165,10 @@ async fn main() -> anyhow::Result<()> {
         None => println!("{:<34} {:>10.1}", "peak memory, MiB (whole process)", vm_hwm_mib("self")),
     }
     println!("bus audit: {audit_records}");
+    println!("records by caller and method:");
+    for (caller, method, n) in shep_bus::audit::records_by_method(&audit)? {
+        println!("  {n:>8}  {caller:<10} {method}");
+    }
     println!("goal: 100 000 subjects in under 60 s and 300 MB");
     drop(sdu);
     topo.stop().await?;
