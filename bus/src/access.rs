@@ -130,6 +130,7 @@ mod tests {
         assert!(ok("sdu", "kz.gov.elicense.v1.PermitRegistry/ReissuePermit"));
         assert!(ok("sdu", "kz.gov.kdp.v1.ConsentService/IssueToken"));
         assert!(ok("sdu", "kz.gov.pep.v1.Portal/Notify"));
+        assert!(ok("sdu", "kz.gov.pep.v1.Portal/NotifyMany"));
         assert!(ok("sdu", "kz.gov.pep.v1.Portal/StreamAnswers"));
         assert!(!ok("sdu", "kz.gov.pep.v1.Portal/ListOutbox"));
         assert!(!ok("sdu", "kz.gov.bmg.v1.MobileRegistry/GetMobileNumber"));

@@ -457,6 +457,7 @@ impl BusSettings {
             "kz.gov.kdp.v1.ConsentService/IssueToken",
             "kz.gov.kdp.v1.ConsentService/IssueTokens",
             "kz.gov.pep.v1.Portal/Notify",
+            "kz.gov.pep.v1.Portal/NotifyMany",
             "kz.gov.pep.v1.Portal/StreamAnswers",
         ] {
             access.push(AccessRule::allow("sdu", m));

@@ -219,6 +219,9 @@ impl PolicyBook {
 fn check_subject_path(input: &MessageDescriptor, pd: &PersonalData) -> Result<(), String> {
     let mut msg = input.clone();
     let parts: Vec<&str> = pd.subject_field.split('.').collect();
+    // Whether the path crosses a list (a repeated message on the way, or a repeated string
+    // at its end): then it names several subjects.
+    let mut many = false;
     for (i, part) in parts.iter().enumerate() {
         let f = msg.get_field_by_name(part).ok_or_else(|| {
             format!(
@@ -228,18 +231,15 @@ fn check_subject_path(input: &MessageDescriptor, pd: &PersonalData) -> Result<()
             )
         })?;
         let last = i + 1 == parts.len();
+        many |= f.is_list();
         match (last, f.kind()) {
-            (false, Kind::Message(sub)) if !f.is_list() && !f.is_map() => msg = sub,
-            (true, Kind::String) if f.is_list() == pd.repeated_subjects => return Ok(()),
+            (false, Kind::Message(sub)) if !f.is_map() => msg = sub,
+            (true, Kind::String) if many == pd.repeated_subjects => return Ok(()),
             _ => {
                 return Err(format!(
-                    "subject_field {:?} must lead through singular messages to a {}string field",
-                    pd.subject_field,
-                    if pd.repeated_subjects {
-                        "repeated "
-                    } else {
-                        ""
-                    }
+                    "subject_field {:?} must lead through messages to a string field, and \
+                     cross a repeated field exactly when repeated_subjects is set (it is {})",
+                    pd.subject_field, pd.repeated_subjects
                 ));
             }
         }
@@ -252,33 +252,33 @@ fn check_subject_path(input: &MessageDescriptor, pd: &PersonalData) -> Result<()
 /// touches no person and needs no consent.
 pub fn subjects(msg: &DynamicMessage, pd: &PersonalData) -> Vec<String> {
     let parts: Vec<&str> = pd.subject_field.split('.').collect();
-    let mut cur = msg.clone();
-    for (i, part) in parts.iter().enumerate() {
-        let Some(f) = cur.descriptor().get_field_by_name(part) else {
-            return vec![];
-        };
-        if i + 1 == parts.len() {
-            return match cur.get_field(&f).as_ref() {
-                Value::String(s) if !s.is_empty() => vec![s.clone()],
-                Value::List(items) => items
-                    .iter()
-                    .filter_map(|v| v.as_str())
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
-                _ => vec![],
-            };
-        }
-        if !cur.has_field(&f) {
-            return vec![];
-        }
-        let next = match cur.get_field(&f).as_ref() {
-            Value::Message(m) => m.clone(),
-            _ => return vec![],
-        };
-        cur = next;
+    let mut out = Vec::new();
+    collect_subjects(msg, &parts, &mut out);
+    out
+}
+
+/// The non-empty strings at `path` under `msg`, through repeated messages (each item in
+/// order) as through singular ones.
+fn collect_subjects(msg: &DynamicMessage, path: &[&str], out: &mut Vec<String>) {
+    let Some((part, rest)) = path.split_first() else {
+        return;
+    };
+    let Some(f) = msg.descriptor().get_field_by_name(part) else {
+        return;
+    };
+    if !msg.has_field(&f) {
+        return;
     }
-    vec![]
+    let v = msg.get_field(&f);
+    let one = |v: &Value, out: &mut Vec<String>| match v {
+        Value::String(s) if rest.is_empty() && !s.is_empty() => out.push(s.clone()),
+        Value::Message(m) if !rest.is_empty() => collect_subjects(m, rest, out),
+        _ => {}
+    };
+    match v.as_ref() {
+        Value::List(items) => items.iter().for_each(|it| one(it, out)),
+        other => one(other, out),
+    }
 }
 
 /// Checks every identifier field set in the message (recursively): 12 digits, and the
@@ -473,6 +473,51 @@ mod tests {
             subjects(&decode(&b, path, &req), &pd),
             vec![IIN.to_owned(), "x".to_owned()]
         );
+    }
+
+    #[test]
+    fn subjects_are_read_through_repeated_messages() {
+        use shep_proto::pep::{NotifyManyRequest, NotifyRequest};
+        let b = book();
+        let path = "/kz.gov.pep.v1.Portal/NotifyMany";
+        let pd = b.method(path).unwrap().personal_data.clone().unwrap();
+        assert!(pd.repeated_subjects);
+        let item = |iin: &str| NotifyRequest {
+            case_id: "c".into(),
+            attempt: 1,
+            iin: iin.into(),
+            ..Default::default()
+        };
+        let req = NotifyManyRequest {
+            items: vec![item(IIN), item(""), item("x"), item(IIN)],
+        };
+        assert_eq!(
+            subjects(&decode(&b, path, &req), &pd),
+            vec![IIN.to_owned(), "x".to_owned(), IIN.to_owned()]
+        );
+        let bad = NotifyManyRequest {
+            items: vec![item(IIN), item("900515300019")],
+        };
+        let v = check_identifiers(&decode(&b, path, &bad), b.ids()).unwrap_err();
+        assert_eq!((v.field.as_str(), v.rule), ("items[1].iin", "CHECK_DIGIT"));
+    }
+
+    #[test]
+    fn a_subject_path_must_say_whether_it_names_several() {
+        let pool = pool(&[]).unwrap();
+        let input = pool.get_message_by_name("kz.gov.pep.v1.NotifyManyRequest").unwrap();
+        let pd = |field: &str, repeated: bool| PersonalData {
+            subject_field: field.into(),
+            kdp_scope: "pep.notify".into(),
+            repeated_subjects: repeated,
+        };
+        check_subject_path(&input, &pd("items.iin", true)).unwrap();
+        assert!(check_subject_path(&input, &pd("items.iin", false)).is_err());
+        assert!(check_subject_path(&input, &pd("items.attempt", true)).is_err());
+        assert!(check_subject_path(&input, &pd("items.nope", true)).is_err());
+        let single = pool.get_message_by_name("kz.gov.pep.v1.NotifyRequest").unwrap();
+        check_subject_path(&single, &pd("iin", false)).unwrap();
+        assert!(check_subject_path(&single, &pd("iin", true)).is_err());
     }
 
     #[test]

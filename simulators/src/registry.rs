@@ -70,7 +70,7 @@ impl Registry {
                 &["ListPermits", "ListPermitsByBins", "GetPermit", "ReissuePermit", "ReissueOrganizationPermits", "ListCabinetNotifications"]
             }
             Registry::Bmg => &["GetMobileNumber", "GetMobileNumbers"],
-            Registry::Pep => &["Notify", "StreamAnswers", "ListOutbox"],
+            Registry::Pep => &["Notify", "NotifyMany", "StreamAnswers", "ListOutbox"],
             Registry::Kdp => &["IssueToken", "IssueTokens", "GetPublicKey", "GrantConsent", "RevokeConsent", "StreamRevocations"],
         }
     }

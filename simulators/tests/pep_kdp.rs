@@ -13,7 +13,9 @@ use shep_proto::kdp::{
     StreamRevocationsRequest, token_result,
 };
 use shep_proto::pep::portal_client::PortalClient;
-use shep_proto::pep::{Language, ListOutboxRequest, NotifyOutcome, NotifyRequest, StreamAnswersRequest};
+use shep_proto::pep::{
+    Language, ListOutboxRequest, NotifyManyRequest, NotifyOutcome, NotifyRequest, StreamAnswersRequest, notify_result,
+};
 use shep_proto::sim::scenario_client::ScenarioClient;
 use shep_proto::sim::{AdvanceClockRequest, SetCitizenAnswerRequest, SetConsentRequest};
 use shep_simulators::{Clock, Registry, Simulation};
@@ -336,6 +338,75 @@ async fn pep_no_phone_sent_idempotent_and_answers_after_the_clock_moves() {
     let e =
         pep.notify(NotifyRequest { pilot_id: "unknown".into(), ..notify(&with_phone, "case-2") }).await.unwrap_err();
     assert_eq!(violations(&e), vec!["text".to_string()]);
+}
+
+#[tokio::test]
+async fn pep_notify_many_answers_each_item_as_notify_would() {
+    let h = Harness::start().await;
+    let c = h.sim.country();
+    let mut pep = PortalClient::new(h.channel(Registry::Pep, "sdu"));
+    let consents = |p: u32| c.base_consent(p, "pep", "bmg.phone.read").is_some();
+    let phoneless = person_where(&h, |p| c.phone_of(p).is_none() && consents(p));
+    let with_phone = person_where(&h, |p| c.phone_of(p).is_some() && consents(p));
+    let notify = |iin: &str, case: &str| NotifyRequest {
+        case_id: case.into(),
+        attempt: 1,
+        iin: iin.into(),
+        pilot_id: "sez-000".into(),
+        permit_numbers: vec!["KZ02SEO00000001".into()],
+        holder_name: "ТОО Ромашка".into(),
+        ..Default::default()
+    };
+    let first = pep.notify(notify(&with_phone, "case-1")).await.unwrap().into_inner();
+    let batch = pep
+        .notify_many(NotifyManyRequest {
+            items: vec![
+                notify(&with_phone, "case-1"),
+                notify(&phoneless, "case-2"),
+                notify(&with_phone, "case-3"),
+                NotifyRequest { attempt: 0, ..notify(&with_phone, "case-4") },
+                NotifyRequest { text: "другой текст".into(), ..notify(&with_phone, "case-1") },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<_> = batch.results.iter().map(|r| (r.case_id.as_str(), r.attempt)).collect();
+    assert_eq!(got, vec![("case-1", 1), ("case-2", 1), ("case-3", 1), ("case-4", 0), ("case-1", 1)]);
+    let out: Vec<_> = batch.results.into_iter().map(|r| r.result.unwrap()).collect();
+    match &out[0] {
+        notify_result::Result::Notified(n) => assert!(n.replayed && n.sms_id == first.sms_id, "a replay: {n:?}"),
+        other => panic!("a replay expected, got {other:?}"),
+    }
+    match &out[1] {
+        notify_result::Result::Notified(n) => assert_eq!(n.outcome, NotifyOutcome::NoPhone as i32),
+        other => panic!("no phone expected, got {other:?}"),
+    }
+    let third = match &out[2] {
+        notify_result::Result::Notified(n) if n.outcome == NotifyOutcome::Sent as i32 && !n.replayed => n.clone(),
+        other => panic!("a new SMS expected, got {other:?}"),
+    };
+    match &out[3] {
+        notify_result::Result::Error(e) => {
+            assert_eq!((e.code, e.reason.as_str()), (Code::InvalidArgument as i32, "INVALID_ATTEMPT"));
+            assert!(e.message.contains("attempt"), "{e:?}");
+        }
+        other => panic!("an error expected, got {other:?}"),
+    }
+    match &out[4] {
+        notify_result::Result::Error(e) => {
+            assert_eq!((e.code, e.reason.as_str()), (Code::AlreadyExists as i32, "NOTIFICATION_CONFLICT"))
+        }
+        other => panic!("a conflict expected, got {other:?}"),
+    }
+    let outbox =
+        collect(pep.list_outbox(ListOutboxRequest { cursor: String::new(), limit: 0 }).await.unwrap().into_inner())
+            .await;
+    let ids: Vec<_> = outbox.iter().map(|s| s.sms_id.as_str()).collect();
+    assert_eq!(ids, vec![first.sms_id.as_str(), third.sms_id.as_str()], "each SMS sent once");
+
+    let e = pep.notify_many(NotifyManyRequest { items: vec![] }).await.unwrap_err();
+    assert_eq!(violations(&e), vec!["items".to_string()]);
 }
 
 #[tokio::test]

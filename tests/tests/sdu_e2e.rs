@@ -367,7 +367,7 @@ async fn nauryz_a_transfer_the_kazakh_sms_and_a_failing_step() {
     t.prepare(&doomed, Behaviour::Answers("1"), 4, day).await;
     let down = FaultSpec { code: tonic::Code::Unavailable as i32, rate: 1.0, ..Default::default() };
     // Both forms: one by one, and the batches the SDU sends organizations' permits in.
-    t.fault("e-license", "/kz.gov.elicense.v1.PermitRegistry/ReissuePermit", down.clone()).await;
+    t.fault("e-license", "/kz.gov.elicense.v1.PermitRegistry/ReissuePermit", down).await;
     t.fault("e-license", "/kz.gov.elicense.v1.PermitRegistry/ReissueOrganizationPermits", down).await;
     t.set_clock(almaty("2026-04-03T10:00")).await;
     let run = t.start_run("sez-000", day).await;

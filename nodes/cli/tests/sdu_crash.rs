@@ -35,6 +35,7 @@ const REISSUE: &str = "/kz.gov.elicense.v1.PermitRegistry/ReissuePermit";
 /// The batch form the SDU re-issues organizations' permits with.
 const REISSUE_BATCH: &str = "/kz.gov.elicense.v1.PermitRegistry/ReissueOrganizationPermits";
 const NOTIFY: &str = "/kz.gov.pep.v1.Portal/Notify";
+const NOTIFY_BATCH: &str = "/kz.gov.pep.v1.Portal/NotifyMany";
 
 /// The tests of this file one at a time: each runs a topology and SDU processes, and two at
 /// once only slow each other down on a small machine.
@@ -357,6 +358,7 @@ async fn killed_with_sigkill_at_three_points_the_sdu_process_ends_as_an_uninterr
     // (b) Between SMS and answers: SMS go out slowly; the node dies with some sent (and
     // others in flight), then the citizens answer while it is down.
     w.fault(Registry::Pep, NOTIFY, 150);
+    w.fault(Registry::Pep, NOTIFY_BATCH, 150);
     let mut sdu = w.sdu().await;
     // Look-ups are still slow: what the restarted node found is what the killed one left.
     let run = sdu.run().await;
@@ -367,6 +369,7 @@ async fn killed_with_sigkill_at_three_points_the_sdu_process_ends_as_an_uninterr
     eventually("a third of the first SMS sent", || async { (w.sms_count() * 3 >= first_sms).then_some(()) }).await;
     sdu.kill().await;
     w.fault(Registry::Pep, NOTIFY, 0);
+    w.fault(Registry::Pep, NOTIFY_BATCH, 0);
     let sent_at_kill = w.sms_count();
     assert!(sent_at_kill < first_sms, "killed while SMS were going out: {sent_at_kill} of {first_sms}");
     w.advance(24 * 3600);

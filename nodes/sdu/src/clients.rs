@@ -218,6 +218,8 @@ struct Batches {
     persons: Batcher<PersonQuery, Result<PersonFacts, CallError>>,
     /// e-license `ReissueOrganizationPermits`: the new permit's number.
     reissues: Batcher<elicense::OrganizationReissue, Result<String, CallError>>,
+    /// PEP `NotifyMany`: each notification with its recipient's token.
+    notifies: Batcher<(NotifyRequest, Token), Result<Notified, CallError>>,
 }
 
 /// Most subjects in one batch look-up: each brings its consent token (about 300 bytes) in
@@ -287,6 +289,35 @@ fn facts(iin: Iin, p: &gbdfl::Person, a: &zags::GetPersonActsResponse) -> Person
     }
 }
 
+fn to_proto_notify(n: NotifyRequest) -> pep::NotifyRequest {
+    pep::NotifyRequest {
+        case_id: n.case_id,
+        attempt: n.attempt,
+        iin: n.iin.to_string(),
+        pilot_id: n.pilot_id,
+        permit_numbers: n.permit_numbers,
+        holder_bin: n.holder_bin.map(|b| b.to_string()).unwrap_or_default(),
+        holder_name: n.holder_name,
+        language: match n.language {
+            Language::Ru => pep::Language::Ru as i32,
+            Language::Kk => pep::Language::Kk as i32,
+        },
+        text: n.text,
+    }
+}
+
+/// PEP's answer to a notification (`method`'s).
+fn notified(method: &str, r: pep::NotifyResponse) -> Result<Notified, CallError> {
+    match r.outcome() {
+        pep::NotifyOutcome::Sent => Ok(Notified::Sent {
+            sms_id: r.sms_id,
+            sent_at: r.sent_at.as_ref().and_then(from_proto_ts),
+        }),
+        pep::NotifyOutcome::NoPhone => Ok(Notified::NoPhone),
+        other => Err(CallError::bad_data(method, format!("outcome {other:?}"))),
+    }
+}
+
 /// An item of a batch that failed, as its single call would have failed: the status `code`,
 /// `message` and ErrorInfo `reason` the single method answers with.
 fn item_failed(method: &str, code: i32, message: String, reason: &str) -> CallError {
@@ -318,16 +349,17 @@ impl Upstream {
 
     /// With `batch` above 1, tokens and person checks asked for at the same time go in
     /// batch calls of up to `batch` subjects (KDP `IssueTokens`, GBD FL `GetPersons`, ZAGS
-    /// `GetActsOfPersons`), each subject with its own token, and so do the re-issues of
-    /// organizations' permits (e-license `ReissueOrganizationPermits`, each item idempotent
-    /// by its own key). Starts the batching tasks on the current Tokio runtime.
+    /// `GetActsOfPersons`), each subject with its own token, and so do the notifications
+    /// (PEP `NotifyMany`, each recipient with its own token, each item idempotent per case
+    /// and attempt) and the re-issues of organizations' permits (e-license
+    /// `ReissueOrganizationPermits`, each item idempotent by its own key). Starts the batching tasks on the current Tokio runtime.
     pub fn batching(mut self, batch: usize) -> Self {
         if batch <= 1 {
             self.batches = None;
             return self;
         }
         let batch = batch.min(MAX_CALL_BATCH);
-        let (up1, up2, up3) = (self.clone(), self.clone(), self.clone());
+        let (up1, up2, up3, up4) = (self.clone(), self.clone(), self.clone(), self.clone());
         self.batches = Some(Arc::new(Batches {
             tokens: Batcher::new("kdp.IssueTokens", batch, BATCHES_IN_FLIGHT, CallError::lost, move |qs| {
                 let up = up1.clone();
@@ -347,6 +379,10 @@ impl Upstream {
                     async move { up.reissue_organizations(qs).await }
                 },
             ),
+            notifies: Batcher::new("pep.NotifyMany", batch, BATCHES_IN_FLIGHT, CallError::lost, move |qs| {
+                let up = up4.clone();
+                async move { up.notify_many(qs).await }
+            }),
         }));
         self
     }
@@ -745,21 +781,15 @@ impl Upstream {
 
     /// PEP `Notify` (idempotent per case and attempt).
     pub async fn notify(&self, n: NotifyRequest, token: &Token) -> Result<Notified, CallError> {
+        if let Some(b) = &self.batches {
+            return b.notifies.call((n, token.clone())).await;
+        }
+        self.notify_alone(to_proto_notify(n), token).await
+    }
+
+    /// PEP `Notify` of one request.
+    async fn notify_alone(&self, req: pep::NotifyRequest, token: &Token) -> Result<Notified, CallError> {
         const M: &str = "pep.Notify";
-        let req = pep::NotifyRequest {
-            case_id: n.case_id,
-            attempt: n.attempt,
-            iin: n.iin.to_string(),
-            pilot_id: n.pilot_id,
-            permit_numbers: n.permit_numbers,
-            holder_bin: n.holder_bin.map(|b| b.to_string()).unwrap_or_default(),
-            holder_name: n.holder_name,
-            language: match n.language {
-                Language::Ru => pep::Language::Ru as i32,
-                Language::Kk => pep::Language::Kk as i32,
-            },
-            text: n.text,
-        };
         let r = self
             .pep
             .clone()
@@ -767,14 +797,47 @@ impl Upstream {
             .await
             .map_err(|s| CallError::from_status(M, &s))?
             .into_inner();
-        match r.outcome() {
-            pep::NotifyOutcome::Sent => Ok(Notified::Sent {
-                sms_id: r.sms_id,
-                sent_at: r.sent_at.as_ref().and_then(from_proto_ts),
-            }),
-            pep::NotifyOutcome::NoPhone => Ok(Notified::NoPhone),
-            other => Err(CallError::bad_data(M, format!("outcome {other:?}"))),
-        }
+        notified(M, r)
+    }
+
+    /// PEP `NotifyMany` for the notifications of a batch, each recipient's token in the
+    /// metadata; each result as [`Upstream::notify`] would give it. A batch refused as a
+    /// whole for a reason that is not passing (one recipient's consent revoked meanwhile)
+    /// is sent again one notification at a time, so that the refusal is that one's alone
+    /// (each is idempotent per case and attempt: nothing is sent twice).
+    async fn notify_many(&self, qs: Vec<(NotifyRequest, Token)>) -> Vec<Result<Notified, CallError>> {
+        const M: &str = "pep.NotifyMany";
+        let n = qs.len();
+        let mut tokens = Vec::with_capacity(n);
+        let items: Vec<pep::NotifyRequest> = qs
+            .into_iter()
+            .map(|(q, t)| {
+                tokens.push(t);
+                to_proto_notify(q)
+            })
+            .collect();
+        let mut req = tonic::Request::new(pep::NotifyManyRequest { items: items.clone() });
+        req.set_timeout(self.timeout);
+        append_distinct(req.metadata_mut(), shep_consent::METADATA_KEY, tokens.iter().map(|t| t.0.as_str()));
+        let results = match self.pep.clone().notify_many(req).await {
+            Ok(r) => r.into_inner().results,
+            Err(s) => {
+                let e = CallError::from_status(M, &s);
+                if e.retryable || n == 1 {
+                    return all_failed(n, e);
+                }
+                let alone = items.into_iter().zip(&tokens).map(|(q, t)| self.notify_alone(q, t));
+                return futures::future::join_all(alone).await;
+            }
+        };
+        each_of(results, n)
+            .zip(&items)
+            .map(|(r, q)| match r.and_then(|r| r.result) {
+                Some(pep::notify_result::Result::Notified(r)) => notified(M, r),
+                Some(pep::notify_result::Result::Error(e)) => Err(item_failed(M, e.code, e.message, &e.reason)),
+                None => Err(CallError::bad_data(M, format!("no result for case {}", q.case_id))),
+            })
+            .collect()
     }
 
     /// e-license `ReissuePermit` (idempotent by key); the new permit's number.

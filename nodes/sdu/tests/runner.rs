@@ -986,12 +986,20 @@ async fn day_with_call_batch(
     country: MapCountry,
     call_batch: usize,
     revoked: &[String],
-) -> (std::collections::BTreeMap<String, (Vec<String>, String, String, u32)>, (u64, u64, u64, usize)) {
+) -> (std::collections::BTreeMap<String, (Vec<String>, String, String, u32)>, (u64, u64, u64, usize, usize)) {
     let env = Env::new(country, "2026-02-03T09:00:00", 0).await;
     env.fakes.revoked.lock().unwrap().extend(revoked.iter().cloned());
+    // With revocations, long enough for the revoked subjects' calls to find others queued
+    // behind the first batch whatever the load of the machine.
+    let delay = if revoked.is_empty() { 10 } else { 100 };
     env.fakes
         .batch_delay_ms
-        .store(10, std::sync::atomic::Ordering::SeqCst);
+        .store(delay, std::sync::atomic::Ordering::SeqCst);
+    if !revoked.is_empty() {
+        env.fakes
+            .notify_batch_delay_ms
+            .store(delay, std::sync::atomic::Ordering::SeqCst);
+    }
     let sdu = env
         .start_sdu_with(shep_sdu::SduSettings {
             call_batch,
@@ -1018,17 +1026,20 @@ async fn day_with_call_batch(
     assert!(rec.missing_tokens.is_empty(), "{:?}", rec.missing_tokens);
     // Organizations' permits are re-issued in batches exactly when look-ups are.
     assert_eq!(rec.reissue_batches.is_empty(), call_batch == 1, "{:?}", rec.reissue_batches);
+    // So are the SMS.
+    assert_eq!(rec.notify_batches.is_empty(), call_batch == 1, "{:?}", rec.notify_batches);
     let most = rec.refused_batches.iter().copied().max().unwrap_or(0);
     // A batch refused as a whole for one subject is asked again one by one.
     assert!(most <= 1 || rec.single_lookups > 0, "{:?}", rec.refused_batches);
-    (cases, (rec.single_lookups, rec.batched_lookups, rec.batch_calls, most))
+    let most_notify = rec.refused_notify_batches.iter().copied().max().unwrap_or(0);
+    (cases, (rec.single_lookups, rec.batched_lookups, rec.batch_calls, most, most_notify))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_person_checks_go_in_batches_with_the_same_outcomes() {
     assert_eq!(shep_sdu::SduSettings::default().call_batch, 32);
     // Every road (consent refused, each exclusion, no phone, SMS): batched as one by one.
-    let (alone, (singles, batched, calls, _)) = day_with_call_batch(country().0, 1, &[]).await;
+    let (alone, (singles, batched, calls, ..)) = day_with_call_batch(country().0, 1, &[]).await;
     assert_eq!((batched, calls), (0, 0), "one IssueToken, GetPerson, GetPersonActs each");
     let outcomes: std::collections::BTreeSet<&str> = alone.values().map(|c| c.1.as_str()).collect();
     assert!(outcomes.len() >= 6, "{outcomes:?}");
@@ -1039,36 +1050,56 @@ async fn tokens_and_person_checks_go_in_batches_with_the_same_outcomes() {
     // A crowd: its look-ups go in far fewer calls.
     const ORGS: u32 = 120;
     let (alone, (singles, ..)) = day_with_call_batch(mixed_day(ORGS), 1, &[]).await;
-    let (together, (singles2, batched2, calls, _)) = day_with_call_batch(mixed_day(ORGS), 32, &[]).await;
+    let (together, (singles2, batched2, calls, ..)) = day_with_call_batch(mixed_day(ORGS), 32, &[]).await;
     assert_eq!(together, alone, "the same cases as one by one");
     assert_eq!((singles2, batched2), (0, singles));
     assert!(calls * 2 < singles, "{calls} batch calls for {singles} look-ups");
+}
+
+/// The day of a crowd of organizations with the consent of five heads revoked (`revoked`
+/// gives the entry of a head as the fakes take it: "IIN" or "IIN:scope"), one by one and
+/// in batches: their cases end NO_CONSENT, everyone else's as without the revocation, the
+/// same either way. Returns the largest look-up batch and the largest `NotifyMany` refused
+/// as a whole.
+async fn revoked_in_a_crowd(revoked: impl Fn(&str) -> String) -> (usize, usize) {
+    const ORGS: u32 = 120;
+    // Heads across the crowd: a batch call takes whoever waits when the one before ends, so
+    // the first of each wave goes alone; with five, some share a batch with others.
+    let heads: Vec<u32> = vec![1010, 1020, 1031, 1041, 1050];
+    let entries: Vec<String> = heads.iter().map(|&h| revoked(&iin(h).to_string())).collect();
+    let orgs: Vec<String> = heads.iter().map(|&h| bin(h)).collect();
+    let (alone, _) = day_with_call_batch(mixed_day(ORGS), 1, &entries).await;
+    for who in &orgs {
+        assert_eq!(alone[who].1, "NO_CONSENT", "{who}: {alone:?}");
+    }
+    let (together, (_, _, _, refused, refused_notify)) = day_with_call_batch(mixed_day(ORGS), 32, &entries).await;
+    assert_eq!(together, alone, "the same cases as one by one");
+    let (untouched, _) = day_with_call_batch(mixed_day(ORGS), 32, &[]).await;
+    let others = |m: &std::collections::BTreeMap<String, (Vec<String>, String, String, u32)>| {
+        m.iter()
+            .filter(|(k, _)| !orgs.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(others(&together), others(&untouched));
+    (refused, refused_notify)
 }
 
 /// A consent revoked after the token was issued: the bus refuses a batch check that holds
 /// the subject as a whole; asked again one by one, only that subject ends NO_CONSENT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consent_revoked_before_the_check_refuses_that_subject_alone() {
-    let (country, who) = country();
-    // The heads of "silent" and "second_sms": checked in a batch with others (the first
-    // case's check goes out alone; the rest queue behind it).
-    let heads = [iin(3).to_string(), iin(12).to_string()];
-    let (alone, _) = day_with_call_batch(country, 1, &heads).await;
-    for k in ["silent", "second_sms"] {
-        assert_eq!(alone[&who[k]].1, "NO_CONSENT", "{k}: {alone:?}");
-    }
-    let (together, (.., refused)) = day_with_call_batch(self::country().0, 32, &heads).await;
+    let (refused, _) = revoked_in_a_crowd(str::to_owned).await;
     assert!(refused > 1, "a batch of several was refused as a whole ({refused})");
-    assert_eq!(together, alone, "the same cases as one by one");
-    // Everyone else as without the revocation.
-    let (untouched, _) = day_with_call_batch(self::country().0, 32, &[]).await;
-    let others = |m: &std::collections::BTreeMap<String, (Vec<String>, String, String, u32)>| {
-        m.iter()
-            .filter(|(k, _)| **k != who["silent"] && **k != who["second_sms"])
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(others(&together), others(&untouched));
+}
+
+/// A consent to being notified revoked after the checks: the bus refuses a `NotifyMany`
+/// that holds the recipient as a whole; sent again one by one, only that case ends
+/// NO_CONSENT, and nobody else's SMS is lost or sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_to_sms_revoked_refuses_that_recipient_alone() {
+    let (_, refused) = revoked_in_a_crowd(|iin| format!("{iin}:pep.notify")).await;
+    assert!(refused > 1, "a NotifyMany of several was refused as a whole ({refused})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,15 @@ where
 /// Most items in one call of a batch method.
 pub const MAX_BATCH: usize = 1000;
 
+/// INVALID_ARGUMENT `INVALID_BATCH_SIZE` unless the list `field` holds 1 to [`MAX_BATCH`]
+/// items.
+pub fn batch_size(field: &str, len: usize) -> Result<(), Status> {
+    if len == 0 || len > MAX_BATCH {
+        return Err(invalid_field(field, format!("give 1 to {MAX_BATCH} items, got {len}"), "INVALID_BATCH_SIZE"));
+    }
+    Ok(())
+}
+
 /// Each item of a batch request with its own answer.
 pub type Answered<I, T> = Vec<(I, Result<T, Status>)>;
 
@@ -117,13 +126,7 @@ pub fn each<I, T>(
     items: Vec<I>,
     mut one: impl FnMut(&str, &I) -> Result<T, Status>,
 ) -> Result<Answered<I, T>, Status> {
-    if items.is_empty() || items.len() > MAX_BATCH {
-        return Err(invalid_field(
-            field,
-            format!("give 1 to {MAX_BATCH} items, got {}", items.len()),
-            "INVALID_BATCH_SIZE",
-        ));
-    }
+    batch_size(field, items.len())?;
     Ok(items
         .into_iter()
         .enumerate()

@@ -17,12 +17,14 @@ use shep_proto::kdp::{IssueTokensRequest, token_result};
 use shep_runtime::batch::{Batcher, all_failed, append_distinct, each_of};
 use shep_proto::pep::portal_server::Portal;
 use shep_proto::pep::{
-    Answer, Language, ListOutboxRequest, NotifyRequest, NotifyResponse, OutboxSms, StreamAnswersRequest,
+    Answer, Language, ListOutboxRequest, NotifyError, NotifyManyRequest, NotifyManyResponse, NotifyRequest,
+    NotifyResponse, NotifyResult, OutboxSms, StreamAnswersRequest, notify_result,
 };
 use shep_runtime::status::{error, invalid_field, parse_bin, parse_iin};
 use tonic::{Code, Request, Response, Status};
+use tonic_types::StatusExt;
 
-use super::common::{Feed, required, tail};
+use super::common::{Feed, batch_size, required, tail};
 use crate::catalog::{self, Lang};
 use crate::citizens;
 use crate::cursor;
@@ -219,19 +221,22 @@ impl Pep {
         let r = b.numbers.call((iin.to_owned(), token)).await.map_err(|s| upstream("bmg", s))?;
         Ok(r.registered.then_some(r.phone).filter(|p| !p.is_empty()))
     }
-}
 
-#[tonic::async_trait]
-impl Portal for Pep {
-    async fn notify(&self, req: Request<NotifyRequest>) -> Result<Response<NotifyResponse>, Status> {
-        let r = req.into_inner();
-        let iin = parse_iin("iin", &r.iin)?;
-        required("case_id", &r.case_id)?;
+    /// `Notify` of one request; `at` prefixes the fields named in its errors ("items[3].",
+    /// or "" for the single method).
+    async fn notify_one(&self, at: &str, r: NotifyRequest) -> Result<NotifyResponse, Status> {
+        let field = |f: &str| format!("{at}{f}");
+        let iin = parse_iin(&field("iin"), &r.iin)?;
+        required(&field("case_id"), &r.case_id)?;
         if r.attempt == 0 {
-            return Err(invalid_field("attempt", "must be 1 for the first SMS, 2 for the repeat", "INVALID_ATTEMPT"));
+            return Err(invalid_field(
+                &field("attempt"),
+                "must be 1 for the first SMS, 2 for the repeat",
+                "INVALID_ATTEMPT",
+            ));
         }
         if !r.holder_bin.is_empty() {
-            parse_bin("holder_bin", &r.holder_bin)?;
+            parse_bin(&field("holder_bin"), &r.holder_bin)?;
         }
         let pilot = catalog::pilot(&r.pilot_id);
         let text = if !r.text.trim().is_empty() {
@@ -240,7 +245,7 @@ impl Portal for Pep {
             catalog::sms_text(p, &r.holder_name, &r.permit_numbers)
         } else {
             return Err(invalid_field(
-                "text",
+                &field("text"),
                 "required unless pilot_id names a pilot with an SMS text",
                 "MISSING_FIELD",
             ));
@@ -264,7 +269,7 @@ impl Portal for Pep {
                         [("case_id", r.case_id.clone()), ("attempt", r.attempt.to_string())],
                     ));
                 }
-                return Ok(Response::new(respond(n, st.sms.outbox(), true)));
+                return Ok(respond(n, st.sms.outbox(), true));
             }
         }
 
@@ -294,7 +299,34 @@ impl Portal for Pep {
         let resp = respond(&n, st.sms.outbox(), false);
         drop(st);
         self.sim.announce();
-        Ok(Response::new(resp))
+        Ok(resp)
+    }
+}
+
+#[tonic::async_trait]
+impl Portal for Pep {
+    async fn notify(&self, req: Request<NotifyRequest>) -> Result<Response<NotifyResponse>, Status> {
+        self.notify_one("", req.into_inner()).await.map(Response::new)
+    }
+
+    async fn notify_many(&self, req: Request<NotifyManyRequest>) -> Result<Response<NotifyManyResponse>, Status> {
+        let items = req.into_inner().items;
+        batch_size("items", items.len())?;
+        // At the same time, so that their phone look-ups share batch calls.
+        let results = futures::future::join_all(items.into_iter().enumerate().map(|(i, r)| async move {
+            let (case_id, attempt) = (r.case_id.clone(), r.attempt);
+            let result = match self.notify_one(&format!("items[{i}]."), r).await {
+                Ok(n) => notify_result::Result::Notified(n),
+                Err(s) => notify_result::Result::Error(NotifyError {
+                    code: s.code() as i32,
+                    message: s.message().to_owned(),
+                    reason: s.get_details_error_info().map(|e| e.reason).unwrap_or_default(),
+                }),
+            };
+            NotifyResult { case_id, attempt, result: Some(result) }
+        }))
+        .await;
+        Ok(Response::new(NotifyManyResponse { results }))
     }
 
     type StreamAnswersStream = Feed<Answer>;

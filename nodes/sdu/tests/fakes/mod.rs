@@ -98,6 +98,9 @@ pub struct Records {
     pub refused_batches: Vec<usize>,
     /// The sizes of the `ReissueOrganizationPermits` calls.
     pub reissue_batches: Vec<usize>,
+    /// The sizes of the PEP `NotifyMany` calls, and of those refused as a whole.
+    pub notify_batches: Vec<usize>,
+    pub refused_notify_batches: Vec<usize>,
 }
 
 /// The fakes' shared state.
@@ -120,6 +123,8 @@ pub struct Fakes {
     /// A pause, in milliseconds, before each batch look-up (`IssueTokens`, `GetPersons`,
     /// `GetActsOfPersons`): the time a real registry takes, during which the next batch fills.
     pub batch_delay_ms: std::sync::atomic::AtomicU64,
+    /// The same before each `NotifyMany`.
+    pub notify_batch_delay_ms: std::sync::atomic::AtomicU64,
     /// Subjects whose consent is revoked after their token was issued: a personal-data call
     /// about them is refused (`CONSENT_REVOKED`, as the bus refuses it), a batch as a whole.
     pub revoked: Mutex<HashSet<String>>,
@@ -138,6 +143,7 @@ impl Fakes {
             diff_down: Default::default(),
             by_bins_failures: Default::default(),
             batch_delay_ms: Default::default(),
+            notify_batch_delay_ms: Default::default(),
             revoked: Default::default(),
         })
     }
@@ -158,6 +164,7 @@ impl Fakes {
             diff_down: Default::default(),
             by_bins_failures: Default::default(),
             batch_delay_ms: Default::default(),
+            notify_batch_delay_ms: Default::default(),
             revoked: Default::default(),
         })
     }
@@ -175,6 +182,7 @@ impl Fakes {
             diff_down: Default::default(),
             by_bins_failures: Default::default(),
             batch_delay_ms: Default::default(),
+            notify_batch_delay_ms: Default::default(),
             revoked: Default::default(),
         })
     }
@@ -214,7 +222,8 @@ impl Fakes {
         scope: &str,
         method: &str,
     ) -> Result<(), Status> {
-        if self.revoked.lock().unwrap().contains(iin) {
+        let revoked = self.revoked.lock().unwrap();
+        if revoked.contains(iin) || revoked.contains(&format!("{iin}:{scope}")) {
             return Err(shep_runtime::status::error(
                 tonic::Code::PermissionDenied,
                 format!("the consent of {iin} was revoked"),
@@ -819,6 +828,43 @@ impl pep::portal_server::Portal for Svc {
             sent_at: Some(self.0.ts()),
             replayed,
         }))
+    }
+
+    async fn notify_many(
+        &self,
+        req: Request<pep::NotifyManyRequest>,
+    ) -> Result<Response<pep::NotifyManyResponse>, Status> {
+        // As the bus: a recipient without its token refuses the whole call.
+        for it in &req.get_ref().items {
+            self.0
+                .check_token(&req, &it.iin, "pep.notify", "NotifyMany")
+                .inspect_err(|_| self.0.rec().refused_notify_batches.push(req.get_ref().items.len()))?;
+        }
+        let (metadata, _, r) = req.into_parts();
+        self.0.rec().notify_batches.push(r.items.len());
+        let ms = self.0.notify_batch_delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        let each = r.items.into_iter().map(|it| {
+            let (case_id, attempt) = (it.case_id.clone(), it.attempt);
+            let one = Request::from_parts(metadata.clone(), Default::default(), it);
+            async move {
+                let result = match self.notify(one).await {
+                    Ok(n) => pep::notify_result::Result::Notified(n.into_inner()),
+                    Err(s) => pep::notify_result::Result::Error(pep::NotifyError {
+                        code: s.code() as i32,
+                        message: s.message().to_owned(),
+                        reason: String::new(),
+                    }),
+                };
+                pep::NotifyResult {
+                    case_id,
+                    attempt,
+                    result: Some(result),
+                }
+            }
+        });
+        let results = futures::future::join_all(each).await;
+        Ok(Response::new(pep::NotifyManyResponse { results }))
     }
 
     type StreamAnswersStream = BoxStream<pep::Answer>;
