@@ -600,24 +600,51 @@ async fn forward(
     let deadline = p
         .deadline
         .map(|d| Box::pin(tokio::time::sleep_until(d.into())));
-    let upstream = p.upstream;
-    resp.map(move |inner| {
-        tonic::body::Body::new(ResponseBody {
-            inner: Some(inner),
-            upstream,
-            deadline,
-            scan: FrameScanner::default(),
-            max,
-            bytes: 0,
-            slot: p.slot,
-            guard: Some(guard),
-            core,
-            finishing: None,
-            held: unary.then(VecDeque::new),
-            trailers: None,
-            done: false,
-        })
-    })
+    let (parts, inner) = resp.into_parts();
+    let mut body = ResponseBody {
+        inner: Some(inner),
+        upstream: p.upstream,
+        deadline,
+        scan: FrameScanner::default(),
+        max,
+        bytes: 0,
+        slot: p.slot,
+        guard: Some(guard),
+        core,
+        finishing: None,
+        held: unary.then(VecDeque::new),
+        trailers: None,
+        done: false,
+    };
+    if !unary {
+        return http::Response::from_parts(parts, tonic::body::Body::new(body));
+    }
+    // A unary answer is held until its record is committed: its headers too, so that the
+    // whole answer (headers, message, trailers) leaves at once, in one write to the caller.
+    let mut frames = VecDeque::new();
+    while let Some(Ok(f)) = body.frame().await {
+        frames.push_back(f);
+    }
+    http::Response::from_parts(parts, tonic::body::Body::new(Frames(frames)))
+}
+
+/// A body whose frames are all at hand.
+struct Frames(VecDeque<Frame<Bytes>>);
+
+impl HttpBody for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 fn taken(slot: &Arc<Mutex<Option<Refused>>>) -> Option<Refused> {
