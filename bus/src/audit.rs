@@ -22,8 +22,8 @@
 //! the head ([`VerifyReport::head_hash`]) with one kept elsewhere to detect truncation.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, TryLockError, Weak};
 
 use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
@@ -31,6 +31,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{AuditSettings, Synchronous};
+
+/// How often the WAL is checkpointed into the database, off the commit path.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -320,9 +323,11 @@ struct Job {
 /// The handle of the writer: cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Job>,
+    sink: Sink,
     depth: Arc<AtomicI64>,
     path: PathBuf,
+    /// Held by every handle; the checkpointer stops once none is left.
+    _alive: Arc<()>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -365,7 +370,8 @@ fn open_writer(settings: &AuditSettings) -> Result<Connection, AuditError> {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
     };
-    conn.execute_batch(&format!("PRAGMA synchronous={sync};"))
+    // No automatic checkpoint at commit: a checkpointer does it from its own connection.
+    conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA wal_autocheckpoint=0;"))
         .map_err(sqlite(path))?;
     conn.execute_batch(SCHEMA).map_err(sqlite(path))?;
     Ok(conn)
@@ -396,112 +402,231 @@ fn write_batch(
     head: &(u64, String),
     jobs: &[Job],
 ) -> rusqlite::Result<Vec<AuditRecord>> {
-    let tx = conn.transaction()?;
-    let mut out = Vec::with_capacity(jobs.len());
-    {
-        let mut ins = tx.prepare_cached(&format!(
-            "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
-        ))?;
-        let mut sub = tx
-            .prepare_cached("INSERT OR IGNORE INTO audit_subject (subject, seq) VALUES (?1, ?2)")?;
-        let (mut seq, mut prev) = head.clone();
-        for j in jobs {
-            seq += 1;
-            let r = AuditRecord::from_entry(j.entry.clone(), seq, &prev);
-            ins.execute(params![
-                r.seq as i64,
-                r.phase.as_str(),
-                r.call_seq as i64,
-                r.message_id,
-                r.correlation_id,
-                r.caller,
-                r.method,
-                r.subject,
-                r.token_ids,
-                r.decision.as_str(),
-                r.reason,
-                r.grpc_status,
-                r.received_at_us,
-                r.duration_us as i64,
-                r.request_bytes as i64,
-                r.response_bytes as i64,
-                r.trace_id,
-                r.prev_hash,
-                r.hash,
-            ])?;
-            for s in r.subjects() {
-                sub.execute(params![s, r.seq as i64])?;
-            }
-            prev = r.hash.clone();
-            out.push(r);
-        }
+    // BEGIN and COMMIT as cached statements: parsed once, not at every batch.
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let written = insert_batch(conn, head, jobs).and_then(|out| {
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(out)
+    });
+    if written.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
-    tx.commit()?;
+    written
+}
+
+fn insert_batch(
+    conn: &Connection,
+    head: &(u64, String),
+    jobs: &[Job],
+) -> rusqlite::Result<Vec<AuditRecord>> {
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut ins = conn.prepare_cached(&format!(
+        "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+    ))?;
+    let mut sub =
+        conn.prepare_cached("INSERT OR IGNORE INTO audit_subject (subject, seq) VALUES (?1, ?2)")?;
+    let (mut seq, mut prev) = head.clone();
+    for j in jobs {
+        seq += 1;
+        let r = AuditRecord::from_entry(j.entry.clone(), seq, &prev);
+        ins.execute(params![
+            r.seq as i64,
+            r.phase.as_str(),
+            r.call_seq as i64,
+            r.message_id,
+            r.correlation_id,
+            r.caller,
+            r.method,
+            r.subject,
+            r.token_ids,
+            r.decision.as_str(),
+            r.reason,
+            r.grpc_status,
+            r.received_at_us,
+            r.duration_us as i64,
+            r.request_bytes as i64,
+            r.response_bytes as i64,
+            r.trace_id,
+            r.prev_hash,
+            r.hash,
+        ])?;
+        for s in r.subjects() {
+            sub.execute(params![s, r.seq as i64])?;
+        }
+        prev = r.hash.clone();
+        out.push(r);
+    }
     Ok(out)
 }
 
-impl AuditLog {
-    /// Opens the log and starts its writer thread. Fails when the file cannot be opened,
-    /// switched to WAL or given its schema.
-    pub fn open(settings: &AuditSettings) -> Result<AuditLog, AuditError> {
-        let mut conn = open_writer(settings)?;
-        let path = settings.path.clone();
-        let mut head = head(&conn, &path)?;
-        let (tx, mut rx) = mpsc::channel::<Job>(settings.queue_capacity);
-        let depth = Arc::new(AtomicI64::new(0));
-        let d = depth.clone();
-        let batch_max = settings.batch_max;
-        let p = path.clone();
-        std::thread::Builder::new()
-            .name("shep-audit-writer".into())
-            .spawn(move || {
-                let mut jobs = Vec::with_capacity(batch_max);
-                while let Some(first) = rx.blocking_recv() {
-                    jobs.push(first);
-                    while jobs.len() < batch_max {
-                        match rx.try_recv() {
-                            Ok(j) => jobs.push(j),
-                            Err(_) => break,
-                        }
-                    }
-                    let n = jobs.len() as i64;
-                    let written = write_batch(&mut conn, &head, &jobs);
-                    d.fetch_sub(n, Ordering::Relaxed);
-                    match written {
-                        Ok(recs) => {
-                            if let Some(last) = recs.last() {
-                                head = (last.seq, last.hash.clone());
-                            }
-                            for (j, r) in jobs.drain(..).zip(recs) {
-                                let _ = j.done.send(Ok(r.seq));
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(path = %p.display(), error = %e, records = n, "audit batch not committed; its calls are refused");
-                            // The connection may hold a half-open transaction: it was rolled
-                            // back when dropped. Re-read the head in case of doubt.
-                            if let Ok(h) = self::head(&conn, &p) {
-                                head = h;
-                            }
-                            let why = e.to_string();
-                            for j in jobs.drain(..) {
-                                let _ = j.done.send(Err(why.clone()));
-                            }
-                        }
-                    }
+/// The writing end: the connection and the head of the chain.
+struct Writer {
+    conn: Connection,
+    head: (u64, String),
+    path: PathBuf,
+    depth: Arc<AtomicI64>,
+}
+
+impl Writer {
+    /// Commits `jobs` in one transaction and answers each: its `seq`, or the batch's error
+    /// (the head of the chain then stays where it was).
+    fn commit(&mut self, jobs: &mut Vec<Job>) {
+        let n = jobs.len() as i64;
+        let written = write_batch(&mut self.conn, &self.head, jobs);
+        self.depth.fetch_sub(n, Ordering::Relaxed);
+        match written {
+            Ok(recs) => {
+                if let Some(last) = recs.last() {
+                    self.head = (last.seq, last.hash.clone());
                 }
-            })
-            .map_err(|e| AuditError::Other { path: path.clone(), why: format!("cannot start the writer: {e}") })?;
-        Ok(AuditLog { tx, depth, path })
+                for (j, r) in jobs.drain(..).zip(recs) {
+                    let _ = j.done.send(Ok(r.seq));
+                }
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, records = n, "audit batch not committed; its calls are refused");
+                // Rolled back; re-read the head in case of doubt.
+                if let Ok(h) = self::head(&self.conn, &self.path) {
+                    self.head = h;
+                }
+                let why = e.to_string();
+                for j in jobs.drain(..) {
+                    let _ = j.done.send(Err(why.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Records waiting for a commit, and the writer, taken by whichever caller finds it free
+/// (`synchronous = normal`: a commit is a write to the WAL, short enough to run where the
+/// call runs, without handing it to a thread and back).
+struct Inline {
+    queue: Mutex<Vec<Job>>,
+    writer: Mutex<Writer>,
+    batch_max: usize,
+}
+
+impl Inline {
+    /// Commits queued records while there are any, unless another caller holds the
+    /// writer: that one commits them. The queue is looked at again after the writer is let
+    /// go, so that a record queued meanwhile is never left behind.
+    fn drain(&self) {
+        loop {
+            let mut w = match self.writer.try_lock() {
+                Ok(w) => w,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            loop {
+                let mut jobs: Vec<Job> = {
+                    let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                    let k = q.len().min(self.batch_max);
+                    q.drain(..k).collect()
+                };
+                if jobs.is_empty() {
+                    break;
+                }
+                w.commit(&mut jobs);
+            }
+            drop(w);
+            if self.queue.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+/// Where [`AuditLog::append`] hands its records.
+#[derive(Clone)]
+enum Sink {
+    /// `synchronous = full`: a writer thread (a commit waits for an fsync).
+    Thread(mpsc::Sender<Job>),
+    /// `synchronous = normal`: committed by the callers themselves, see [`Inline`].
+    Inline(Arc<Inline>),
+}
+
+/// Checkpoints the WAL into the database every `every` from its own connection (the
+/// writer's does not, so no commit waits for one), until every handle of the log is gone.
+fn spawn_checkpointer(path: PathBuf, busy_ms: u64, alive: Weak<()>, every: std::time::Duration) -> Result<(), AuditError> {
+    let conn = Connection::open(&path).map_err(sqlite(&path))?;
+    conn.busy_timeout(std::time::Duration::from_millis(busy_ms))
+        .map_err(sqlite(&path))?;
+    let p = path.clone();
+    std::thread::Builder::new()
+        .name("shep-audit-checkpoint".into())
+        .spawn(move || {
+            let path = p;
+            while alive.strong_count() > 0 {
+                std::thread::sleep(every);
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(path = %path.display(), error = %e, "audit checkpoint failed; tried again later");
+                }
+            }
+        })
+        .map_err(|e| AuditError::Other { path: path.clone(), why: format!("cannot start the checkpointer: {e}") })?;
+    Ok(())
+}
+
+impl AuditLog {
+    /// Opens the log and starts its writer thread (`synchronous = full`) and its
+    /// checkpointer. Fails when the file cannot be opened, switched to WAL or given its
+    /// schema.
+    pub fn open(settings: &AuditSettings) -> Result<AuditLog, AuditError> {
+        let conn = open_writer(settings)?;
+        let path = settings.path.clone();
+        let head = head(&conn, &path)?;
+        let depth = Arc::new(AtomicI64::new(0));
+        let mut writer = Writer { conn, head, path: path.clone(), depth: depth.clone() };
+        let batch_max = settings.batch_max;
+        let sink = match settings.synchronous {
+            Synchronous::Normal => Sink::Inline(Arc::new(Inline {
+                queue: Mutex::new(Vec::new()),
+                writer: Mutex::new(writer),
+                batch_max,
+            })),
+            Synchronous::Full => {
+                let (tx, mut rx) = mpsc::channel::<Job>(settings.queue_capacity);
+                std::thread::Builder::new()
+                    .name("shep-audit-writer".into())
+                    .spawn(move || {
+                        let mut jobs = Vec::with_capacity(batch_max);
+                        while let Some(first) = rx.blocking_recv() {
+                            jobs.push(first);
+                            while jobs.len() < batch_max {
+                                match rx.try_recv() {
+                                    Ok(j) => jobs.push(j),
+                                    Err(_) => break,
+                                }
+                            }
+                            writer.commit(&mut jobs);
+                        }
+                    })
+                    .map_err(|e| AuditError::Other { path: path.clone(), why: format!("cannot start the writer: {e}") })?;
+                Sink::Thread(tx)
+            }
+        };
+        let alive = Arc::new(());
+        spawn_checkpointer(path.clone(), settings.busy_timeout_ms, Arc::downgrade(&alive), CHECKPOINT_EVERY)?;
+        Ok(AuditLog { sink, depth, path, _alive: alive })
     }
 
     /// Appends a record and waits until it is committed; returns its `seq`.
     pub async fn append(&self, entry: Entry) -> Result<u64, AuditError> {
         let (done, rx) = oneshot::channel();
         self.depth.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(Job { entry, done }).await.is_err() {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
-            return Err(AuditError::WriterStopped);
+        let job = Job { entry, done };
+        match &self.sink {
+            Sink::Thread(tx) => {
+                if tx.send(job).await.is_err() {
+                    self.depth.fetch_sub(1, Ordering::Relaxed);
+                    return Err(AuditError::WriterStopped);
+                }
+            }
+            Sink::Inline(inline) => {
+                inline.queue.lock().unwrap_or_else(|p| p.into_inner()).push(job);
+                inline.drain();
+            }
         }
         match rx.await {
             Ok(Ok(seq)) => Ok(seq),
@@ -846,11 +971,22 @@ mod tests {
 
     #[test]
     fn appends_chain_and_verify() {
+        for sync in [Synchronous::Full, Synchronous::Normal] {
+            appends_chain_and_verify_with(sync);
+        }
+    }
+
+    fn appends_chain_and_verify_with(synchronous: Synchronous) {
         let dir = tempfile::tempdir().unwrap();
-        let s = settings(dir.path());
-        rt().block_on(async {
+        let s = AuditSettings { synchronous, ..settings(dir.path()) };
+        let many = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        many.block_on(async {
             let log = AuditLog::open(&s).unwrap();
-            // Concurrent appends: group commit, gapless numbering.
+            // Concurrent appends from several threads: group commit, gapless numbering.
             let mut handles = vec![];
             for i in 0..50 {
                 let log = log.clone();
@@ -1018,10 +1154,67 @@ mod tests {
 
     #[test]
     fn a_locked_database_fails_the_batch_not_the_writer() {
+        for synchronous in [Synchronous::Full, Synchronous::Normal] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = AuditSettings { synchronous, ..settings(dir.path()) };
+            a_locked_database_fails_the_batch_not_the_writer_in(&s);
+        }
+    }
+
+    /// Records committed by the callers themselves, while others queue theirs: each gets its
+    /// own `seq`, none is left waiting, and the WAL is checkpointed off the commit path.
+    #[test]
+    fn inline_commits_leave_no_record_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let s = settings(dir.path());
+        let s = AuditSettings { synchronous: Synchronous::Normal, batch_max: 2, ..settings(dir.path()) };
+        let many = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let log = AuditLog::open(&s).unwrap();
+        many.block_on(async {
+            let mut handles = vec![];
+            for t in 0..40u32 {
+                let log = log.clone();
+                handles.push(tokio::spawn(async move {
+                    let mut seqs = vec![];
+                    for i in 0..20 {
+                        let e = entry(t * 1000 + i, "900515300018");
+                        let seq = tokio::time::timeout(std::time::Duration::from_secs(10), log.append(e))
+                            .await
+                            .expect("committed, not left in the queue")
+                            .unwrap();
+                        seqs.push(seq);
+                    }
+                    seqs
+                }));
+            }
+            let mut all = vec![];
+            for h in handles {
+                let seqs = h.await.unwrap();
+                assert!(seqs.windows(2).all(|w| w[0] < w[1]), "each caller's records in its order");
+                all.extend(seqs);
+            }
+            all.sort();
+            assert_eq!(all, (1..=800).collect::<Vec<_>>());
+            assert_eq!(log.queue_depth(), 0);
+        });
+        let rep = verify(&s.path).unwrap();
+        assert!(rep.intact && rep.records == 800, "{rep:?}");
+        // The checkpointer has copied the WAL into the database meanwhile.
+        std::thread::sleep(CHECKPOINT_EVERY * 3);
+        let c = raw(&s.path);
+        let (log_frames, checkpointed): (i64, i64) = c
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(1)?, r.get(2)?)))
+            .unwrap();
+        assert_eq!(log_frames, checkpointed, "nothing left to checkpoint");
+        drop(log);
+    }
+
+    fn a_locked_database_fails_the_batch_not_the_writer_in(s: &AuditSettings) {
         rt().block_on(async {
-            let log = AuditLog::open(&s).unwrap();
+            let log = AuditLog::open(s).unwrap();
             assert_eq!(log.append(entry(1, "")).await.unwrap(), 1);
             // Another process holds the write lock.
             let other = Connection::open(&s.path).unwrap();
