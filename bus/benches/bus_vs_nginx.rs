@@ -18,9 +18,11 @@
 //!
 //! Prints calls/s, p50, p99, CPU seconds per 10k calls (this process — client, upstream and
 //! bus — from `/proc/self/stat`; nginx's master and workers from theirs) and the ratios to
-//! (a) and (c). Takes about a minute. Knobs: `SHEP_BENCH_CONCURRENCY` (32),
-//! `SHEP_BENCH_SECONDS` (10), `SHEP_BENCH_WARMUP` (2), `SHEP_BENCH_SERIAL_SECONDS` (3), `SHEP_BENCH_ONLY` (`a`, `b`,
-//! `b'` or `c`: one target, for profiling), `SHEP_BENCH_SUBJECTS` (1000: distinct subjects and
+//! (a) and (c). The targets are measured in turn, in `SHEP_BENCH_ROUNDS` rounds (3), and
+//! each target's median round is reported (runs on a shared machine vary by a fifth). Takes
+//! about two minutes. Knobs: `SHEP_BENCH_CONCURRENCY` (32), `SHEP_BENCH_SECONDS` (6),
+//! `SHEP_BENCH_WARMUP` (1), `SHEP_BENCH_SERIAL_SECONDS` (2), `SHEP_BENCH_ONLY` (`a`, `b`, `b'`
+//! or `c`: one target, for profiling), `SHEP_BENCH_SUBJECTS` (1000: distinct subjects and
 //! tokens, cycled through).
 //!
 //! Run: `cargo bench -p shep-bus --bench bus_vs_nginx`.
@@ -88,6 +90,7 @@ fn cpu_self() -> f64 {
     cpu_of(Path::new("/proc/self/stat")).unwrap_or(0.0)
 }
 
+#[derive(Clone)]
 struct Stats {
     calls: u64,
     errors: u64,
@@ -215,6 +218,26 @@ async fn both(
         Ok(_) => load(ch, subjects, 1, Duration::from_millis(500), serial, other_pid).await,
     };
     Both { loaded, serial }
+}
+
+/// The median round of a target: by throughput for the load, by p50 for one call at a time.
+fn median(mut rounds: Vec<Both>) -> Both {
+    fn mid(mut v: Vec<Stats>, key: impl Fn(&Stats) -> f64) -> Option<Stats> {
+        v.sort_by(|a, b| key(a).total_cmp(&key(b)));
+        let n = v.len();
+        (n > 0).then(|| v.swap_remove(n / 2))
+    }
+    let first_error = |f: fn(&Both) -> &Result<Stats, String>, rounds: &[Both]| {
+        rounds.iter().find_map(|b| f(b).as_ref().err().cloned()).unwrap_or_else(|| "no round".into())
+    };
+    let loaded_err = first_error(|b| &b.loaded, &rounds);
+    let serial_err = first_error(|b| &b.serial, &rounds);
+    let loaded: Vec<Stats> = rounds.iter_mut().filter_map(|b| b.loaded.as_ref().ok().cloned()).collect();
+    let serial: Vec<Stats> = rounds.iter_mut().filter_map(|b| b.serial.as_ref().ok().cloned()).collect();
+    Both {
+        loaded: mid(loaded, Stats::rate).ok_or(loaded_err),
+        serial: mid(serial, |s| ms(s.p50)).ok_or(serial_err),
+    }
 }
 
 fn nginx_binary() -> Option<PathBuf> {
@@ -435,9 +458,10 @@ fn main() {
 
 async fn run() {
     let concurrency = env_u64("SHEP_BENCH_CONCURRENCY", 32) as usize;
-    let measure = Duration::from_secs(env_u64("SHEP_BENCH_SECONDS", 10));
-    let warmup = Duration::from_secs(env_u64("SHEP_BENCH_WARMUP", 2));
-    let serial = Duration::from_secs(env_u64("SHEP_BENCH_SERIAL_SECONDS", 3));
+    let measure = Duration::from_secs(env_u64("SHEP_BENCH_SECONDS", 6));
+    let warmup = Duration::from_secs(env_u64("SHEP_BENCH_WARMUP", 1));
+    let serial = Duration::from_secs(env_u64("SHEP_BENCH_SERIAL_SECONDS", 2));
+    let rounds = env_u64("SHEP_BENCH_ROUNDS", 3).max(1);
     let w = world(shep_bus::config::Synchronous::Full).await;
     let subjects = Arc::new(subjects_of(&w));
     let gbdfl_endpoint = w.settings.systems["gbd-fl"].endpoint.clone().unwrap();
@@ -445,101 +469,74 @@ async fn run() {
     let sdu_tls = shep_runtime::TlsConfig::from_pki_dir(w.dir.path(), "sdu");
     println!(
         "GBD FL GetPerson with a consent token per call; {concurrency} concurrent calls on one mTLS HTTP/2 connection; \
-         warm-up {}s, measured {}s per target",
+         warm-up {}s, measured {}s per target and round, {rounds} rounds (the median round reported)",
         warmup.as_secs(),
         measure.as_secs()
     );
 
-    // SHEP_BENCH_ONLY=a|b|c runs one target (for profiling).
+    // SHEP_BENCH_ONLY=a|b|b'|c runs one target (for profiling).
     let only = std::env::var("SHEP_BENCH_ONLY").unwrap_or_default();
     let run_it = |t: &str| only.is_empty() || only == t;
-    let skipped = || Both {
-        loaded: Err("skipped (SHEP_BENCH_ONLY)".into()),
-        serial: Err("skipped (SHEP_BENCH_ONLY)".into()),
-    };
-    eprintln!("(a) direct ...");
-    let direct = if !run_it("a") {
-        skipped()
-    } else {
-        both(
-            shep_runtime::tls::channel(&sdu_tls, &gbdfl_endpoint).unwrap(),
-            subjects.clone(),
-            concurrency,
-            warmup,
-            measure,
-            serial,
-            None,
-        )
-        .await
-    };
-    eprintln!("(b) bus, audit synchronous=FULL ...");
-    let bus = if !run_it("b") {
-        skipped()
-    } else {
-        both(
-            w.client("sdu"),
-            subjects.clone(),
-            concurrency,
-            warmup,
-            measure,
-            serial,
-            None,
-        )
-        .await
-    };
+    let skipped = || Err::<Channel, String>("skipped (SHEP_BENCH_ONLY)".into());
     // The same bus with the audit at synchronous=NORMAL (no fsync per batch; see
     // ARCHITECTURE.md for what a power cut can then lose), in a world of its own.
-    eprintln!("(b') bus, audit synchronous=NORMAL ...");
-    let bus_normal = if !run_it("b'") {
-        skipped()
-    } else {
-        let w2 = world(shep_bus::config::Synchronous::Normal).await;
-        let subjects2 = Arc::new(subjects_of(&w2));
-        let r = both(
-            w2.client("sdu"),
-            subjects2,
-            concurrency,
-            warmup,
-            measure,
-            serial,
-            None,
-        )
-        .await;
-        let v = shep_bus::audit::verify(&w2.audit_path()).unwrap();
-        assert!(v.intact, "the NORMAL bus's audit chain verifies");
-        w2.shutdown.trigger();
-        r
-    };
-    eprintln!("(c) nginx ...");
+    let w2 = world(shep_bus::config::Synchronous::Normal).await;
+    let subjects2 = Arc::new(subjects_of(&w2));
     let prefix = w.dir.path().join("nginx");
-    let nginx = if !run_it("c") {
-        skipped()
+    let ng = if run_it("c") {
+        start_nginx(w.dir.path(), &prefix, gbdfl_port).await
     } else {
-        match start_nginx(w.dir.path(), &prefix, gbdfl_port).await {
-            Ok(ng) => {
-                let ch =
-                    shep_runtime::tls::channel(&sdu_tls, &format!("https://127.0.0.1:{}", ng.port))
-                        .unwrap();
-                let pid = ng.child.id();
-                let r = both(
-                    ch,
-                    subjects.clone(),
-                    concurrency,
-                    warmup,
-                    measure,
-                    serial,
-                    Some(pid),
-                )
-                .await;
-                drop(ng);
-                r
-            }
-            Err(e) => Both {
-                loaded: Err(e.clone()),
-                serial: Err(e),
-            },
-        }
+        Err("skipped (SHEP_BENCH_ONLY)".into())
     };
+    let targets: [(&str, Result<Channel, String>, Arc<Vec<(String, String)>>, Option<u32>); 4] = [
+        (
+            "(a) direct",
+            if run_it("a") { Ok(shep_runtime::tls::channel(&sdu_tls, &gbdfl_endpoint).unwrap()) } else { skipped() },
+            subjects.clone(),
+            None,
+        ),
+        ("(b) bus", if run_it("b") { Ok(w.client("sdu")) } else { skipped() }, subjects.clone(), None),
+        ("(b') bus", if run_it("b'") { Ok(w2.client("sdu")) } else { skipped() }, subjects2, None),
+        (
+            "(c) nginx",
+            ng.as_ref().map(|ng| {
+                shep_runtime::tls::channel(&sdu_tls, &format!("https://127.0.0.1:{}", ng.port)).unwrap()
+            })
+            .map_err(Clone::clone),
+            subjects.clone(),
+            ng.as_ref().ok().map(|ng| ng.child.id()),
+        ),
+    ];
+    // Rounds, the targets taken in turn in each, so that a slow moment of the machine does
+    // not fall on one target; each target's median round is reported.
+    let mut results: [Vec<Both>; 4] = Default::default();
+    for round in 1..=rounds {
+        for (i, (name, ch, subjects, pid)) in targets.iter().enumerate() {
+            let r = match ch {
+                Err(e) => Both { loaded: Err(e.clone()), serial: Err(e.clone()) },
+                Ok(ch) => {
+                    eprintln!("round {round}/{rounds}: {name} ...");
+                    both(ch.clone(), subjects.clone(), concurrency, warmup, measure, serial, *pid).await
+                }
+            };
+            results[i].push(r);
+        }
+    }
+    let v = shep_bus::audit::verify(&w2.audit_path()).unwrap();
+    assert!(v.intact, "the NORMAL bus's audit chain verifies");
+    w2.shutdown.trigger();
+    drop(ng);
+    for (i, (name, ..)) in targets.iter().enumerate() {
+        let rates: Vec<String> = results[i]
+            .iter()
+            .filter_map(|b| b.loaded.as_ref().ok())
+            .map(|s| format!("{:.0}", s.rate()))
+            .collect();
+        if !rates.is_empty() {
+            eprintln!("{name}: calls/s by round: {}", rates.join(", "));
+        }
+    }
+    let [direct, bus, bus_normal, nginx] = results.map(median);
 
     let all = [
         ("(a) direct", &direct),
