@@ -32,8 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{AuditSettings, Synchronous};
 
-/// How often the WAL is checkpointed into the database, off the commit path.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often the subject index is filled and the WAL checkpointed, off the commit path.
+const MAINTENANCE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -281,6 +281,13 @@ CREATE TABLE IF NOT EXISTS audit_subject (
     seq INTEGER NOT NULL,
     PRIMARY KEY (subject, seq)
 ) WITHOUT ROWID;
+-- How far audit_subject covers the records (it is filled off the commit path, see
+-- index_subjects). A log written before the index was deferred is covered to its head.
+CREATE TABLE IF NOT EXISTS audit_indexed (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    upto INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO audit_indexed (id, upto) SELECT 1, COALESCE(MAX(seq), 0) FROM audit;
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -326,8 +333,6 @@ pub struct AuditLog {
     sink: Sink,
     depth: Arc<AtomicI64>,
     path: PathBuf,
-    /// Held by every handle; the checkpointer stops once none is left.
-    _alive: Arc<()>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -423,8 +428,6 @@ fn insert_batch(
     let mut ins = conn.prepare_cached(&format!(
         "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
     ))?;
-    let mut sub =
-        conn.prepare_cached("INSERT OR IGNORE INTO audit_subject (subject, seq) VALUES (?1, ?2)")?;
     let (mut seq, mut prev) = head.clone();
     for j in jobs {
         seq += 1;
@@ -450,13 +453,61 @@ fn insert_batch(
             r.prev_hash,
             r.hash,
         ])?;
-        for s in r.subjects() {
-            sub.execute(params![s, r.seq as i64])?;
-        }
         prev = r.hash.clone();
         out.push(r);
     }
     Ok(out)
+}
+
+/// Most records one [`index_subjects`] transaction covers.
+const INDEX_CHUNK: i64 = 20_000;
+
+/// Fills the subject index for the records committed since it was last filled, at most
+/// `INDEX_CHUNK` of them, in one transaction (rows inserted in key order: neighbouring keys
+/// share pages). Returns how many records it covered. The index is derived data: the
+/// records are durable without it, and the queries read the records it does not cover yet.
+fn index_subjects(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let done = (|| {
+        let upto: i64 = conn.query_row("SELECT upto FROM audit_indexed WHERE id = 1", [], |r| r.get(0))?;
+        let mut rows: Vec<(String, i64)> = Vec::new();
+        let mut last = upto;
+        let mut n = 0;
+        {
+            let mut q = conn.prepare_cached("SELECT seq, subject FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let mut it = q.query(params![upto, INDEX_CHUNK])?;
+            while let Some(r) = it.next()? {
+                let seq: i64 = r.get(0)?;
+                let subject: String = r.get(1)?;
+                rows.extend(subject.split(',').filter(|x| !x.is_empty()).map(|x| (x.to_owned(), seq)));
+                last = seq;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        rows.sort_unstable();
+        rows.dedup();
+        let mut ins = conn.prepare_cached("INSERT OR IGNORE INTO audit_subject (subject, seq) VALUES (?1, ?2)")?;
+        for (subject, seq) in &rows {
+            ins.execute(params![subject, seq])?;
+        }
+        conn.prepare_cached("UPDATE audit_indexed SET upto = ?1 WHERE id = 1")?.execute([last])?;
+        Ok(n)
+    })();
+    match done {
+        Ok(n) => {
+            conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(n)
+        }
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            Err(e)
+        }
+    }
 }
 
 /// The writing end: the connection and the head of the chain.
@@ -546,46 +597,88 @@ enum Sink {
     Inline(Arc<Inline>),
 }
 
-/// Checkpoints the WAL into the database every `every` from its own connection (the
-/// writer's does not, so no commit waits for one), until every handle of the log is gone.
-fn spawn_checkpointer(path: PathBuf, busy_ms: u64, alive: Weak<()>, every: std::time::Duration) -> Result<(), AuditError> {
+/// The writer as the maintenance thread reaches it, without keeping the log open.
+enum WriterRef {
+    Inline(Weak<Inline>),
+    Thread(Weak<Mutex<Writer>>),
+}
+
+impl WriterRef {
+    /// Fills the subject index with the writer's connection (so that no commit waits for
+    /// another connection's lock); `None` once the log is closed. Records queued meanwhile
+    /// (`synchronous = normal`) are committed before it returns.
+    fn index(&self) -> Option<rusqlite::Result<usize>> {
+        match self {
+            WriterRef::Inline(w) => {
+                let inline = w.upgrade()?;
+                let r = index_subjects(&inline.writer.lock().unwrap_or_else(|p| p.into_inner()).conn);
+                inline.drain();
+                Some(r)
+            }
+            WriterRef::Thread(w) => {
+                let writer = w.upgrade()?;
+                let r = index_subjects(&writer.lock().unwrap_or_else(|p| p.into_inner()).conn);
+                Some(r)
+            }
+        }
+    }
+}
+
+/// Every `every`, off the commit path, until the log is closed: fills the subject index
+/// for the records committed since (see [`index_subjects`]), then checkpoints the WAL into
+/// the database from its own connection (the writer's does not checkpoint, so no commit
+/// waits for one).
+fn spawn_maintenance(path: PathBuf, busy_ms: u64, writer: WriterRef, every: std::time::Duration) -> Result<(), AuditError> {
     let conn = Connection::open(&path).map_err(sqlite(&path))?;
     conn.busy_timeout(std::time::Duration::from_millis(busy_ms))
         .map_err(sqlite(&path))?;
     let p = path.clone();
     std::thread::Builder::new()
-        .name("shep-audit-checkpoint".into())
+        .name("shep-audit-maintenance".into())
         .spawn(move || {
             let path = p;
-            while alive.strong_count() > 0 {
+            loop {
                 std::thread::sleep(every);
+                match writer.index() {
+                    None => return,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(path = %path.display(), error = %e, "audit subject index not filled; tried again later")
+                    }
+                }
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!(path = %path.display(), error = %e, "audit checkpoint failed; tried again later");
                 }
             }
         })
-        .map_err(|e| AuditError::Other { path: path.clone(), why: format!("cannot start the checkpointer: {e}") })?;
+        .map_err(|e| AuditError::Other { path: path.clone(), why: format!("cannot start the maintenance thread: {e}") })?;
     Ok(())
 }
 
 impl AuditLog {
     /// Opens the log and starts its writer thread (`synchronous = full`) and its
-    /// checkpointer. Fails when the file cannot be opened, switched to WAL or given its
-    /// schema.
+    /// maintenance thread. Fails when the file cannot be opened, switched to WAL or given
+    /// its schema.
     pub fn open(settings: &AuditSettings) -> Result<AuditLog, AuditError> {
         let conn = open_writer(settings)?;
         let path = settings.path.clone();
         let head = head(&conn, &path)?;
         let depth = Arc::new(AtomicI64::new(0));
-        let mut writer = Writer { conn, head, path: path.clone(), depth: depth.clone() };
+        let writer = Writer { conn, head, path: path.clone(), depth: depth.clone() };
         let batch_max = settings.batch_max;
-        let sink = match settings.synchronous {
-            Synchronous::Normal => Sink::Inline(Arc::new(Inline {
-                queue: Mutex::new(Vec::new()),
-                writer: Mutex::new(writer),
-                batch_max,
-            })),
+        let (sink, writer_ref) = match settings.synchronous {
+            Synchronous::Normal => {
+                let inline = Arc::new(Inline {
+                    queue: Mutex::new(Vec::new()),
+                    writer: Mutex::new(writer),
+                    batch_max,
+                });
+                let r = WriterRef::Inline(Arc::downgrade(&inline));
+                (Sink::Inline(inline), r)
+            }
             Synchronous::Full => {
+                let writer = Arc::new(Mutex::new(writer));
+                let r = WriterRef::Thread(Arc::downgrade(&writer));
                 let (tx, mut rx) = mpsc::channel::<Job>(settings.queue_capacity);
                 std::thread::Builder::new()
                     .name("shep-audit-writer".into())
@@ -599,16 +692,15 @@ impl AuditLog {
                                     Err(_) => break,
                                 }
                             }
-                            writer.commit(&mut jobs);
+                            writer.lock().unwrap_or_else(|p| p.into_inner()).commit(&mut jobs);
                         }
                     })
                     .map_err(|e| AuditError::Other { path: path.clone(), why: format!("cannot start the writer: {e}") })?;
-                Sink::Thread(tx)
+                (Sink::Thread(tx), r)
             }
         };
-        let alive = Arc::new(());
-        spawn_checkpointer(path.clone(), settings.busy_timeout_ms, Arc::downgrade(&alive), CHECKPOINT_EVERY)?;
-        Ok(AuditLog { sink, depth, path, _alive: alive })
+        spawn_maintenance(path.clone(), settings.busy_timeout_ms, writer_ref, MAINTENANCE_EVERY)?;
+        Ok(AuditLog { sink, depth, path })
     }
 
     /// Appends a record and waits until it is committed; returns its `seq`.
@@ -748,6 +840,9 @@ pub fn check_chain<'a>(
 pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
     let conn = open_read(path)?;
     let s = sqlite(path);
+    // One snapshot for the records, the index and how far it covers them.
+    conn.execute_batch("BEGIN").map_err(&s)?;
+    let upto = indexed_upto(&conn).map_err(&s)?;
     let mut stmt = conn
         .prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))
         .map_err(&s)?;
@@ -768,14 +863,17 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
                 head_hash: prev,
             });
         }
-        for sub in r.subjects() {
-            index.insert((sub.to_owned(), r.seq));
+        if r.seq as i64 <= upto {
+            for sub in r.subjects() {
+                index.insert((sub.to_owned(), r.seq));
+            }
         }
         prev = r.hash;
         expected += 1;
         n += 1;
     }
-    // The subject index is derived from the records; an edit to it hides or invents accesses.
+    // The subject index is derived from the records it covers; an edit to it hides or
+    // invents accesses (a row beyond what it covers is one).
     let mut stmt = conn
         .prepare("SELECT subject, seq FROM audit_subject")
         .map_err(&s)?;
@@ -811,6 +909,15 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
     })
 }
 
+/// The last record the subject index covers (a log from before the index was filled off
+/// the commit path has no such mark, and is covered whole).
+fn indexed_upto(conn: &Connection) -> rusqlite::Result<i64> {
+    match conn.query_row("SELECT upto FROM audit_indexed WHERE id = 1", [], |r| r.get(0)) {
+        Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => Ok(i64::MAX),
+        r => r,
+    }
+}
+
 /// Every access to one person's data, oldest first: one entry per call — its completion
 /// record when there is one (final status, duration, sizes), else its decision record (a
 /// refusal, or a call whose completion was never written).
@@ -822,13 +929,18 @@ pub fn subject_accesses(path: &Path, iin: &str) -> Result<Vec<AuditRecord>, Audi
         .map(|c| format!("a.{}", c.trim()))
         .collect::<Vec<_>>()
         .join(", ");
+    // The index covers the records up to `upto`; the ones after, it does not yet.
+    let upto = indexed_upto(&conn).map_err(&s)?;
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT {cols} FROM audit_subject s JOIN audit a ON a.seq = s.seq WHERE s.subject = ?1 ORDER BY a.seq"
+            "SELECT {cols} FROM audit_subject s JOIN audit a ON a.seq = s.seq WHERE s.subject = ?1 AND s.seq <= ?2 \
+             UNION ALL \
+             SELECT {cols} FROM audit a WHERE a.seq > ?2 AND instr(',' || a.subject || ',', ',' || ?1 || ',') > 0 \
+             ORDER BY 1"
         ))
         .map_err(&s)?;
     let rows: Vec<AuditRecord> = stmt
-        .query_map([iin], row_to_record)
+        .query_map(params![iin, upto], row_to_record)
         .map_err(&s)?
         .collect::<Result<_, _>>()
         .map_err(&s)?;
@@ -964,7 +1076,7 @@ mod tests {
 
     fn raw(path: &Path) -> Connection {
         let c = Connection::open(path).unwrap();
-        c.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+        c.execute_batch("DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete;")
             .unwrap();
         c
     }
@@ -1049,6 +1161,7 @@ mod tests {
         assert!(c.execute("DELETE FROM audit", []).is_err());
     }
 
+    /// A log of `n` records, its subject index filled.
     fn log_of(n: u32) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(dir.path());
@@ -1058,7 +1171,70 @@ mod tests {
                 log.append(entry(i, "900515300018")).await.unwrap();
             }
         });
+        assert_eq!(index_subjects(&raw(&s.path)).unwrap(), n as usize);
         (dir, s.path)
+    }
+
+    #[test]
+    fn the_subject_index_is_filled_off_the_commit_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        let (a, b) = ("900515300018", "111111111111");
+        rt().block_on(async {
+            let log = AuditLog::open(&s).unwrap();
+            for i in 0..6 {
+                let who = if i % 2 == 0 { a.to_owned() } else { format!("{a},{b}") };
+                log.append(entry(i, &who)).await.unwrap();
+            }
+        });
+        let c = raw(&s.path);
+        let count = |c: &Connection| c.query_row("SELECT count(*) FROM audit_subject", [], |r| r.get::<_, i64>(0)).unwrap();
+        let seqs = |p: &Path, who: &str| subject_accesses(p, who).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>();
+        // Before the index covers them, the records are found all the same.
+        let before = (seqs(&s.path, a), seqs(&s.path, b));
+        assert_eq!(before, (vec![1, 2, 3, 4, 5, 6], vec![2, 4, 6]));
+        assert!(verify(&s.path).unwrap().intact);
+        // Covered in two steps: found the same way, and verified.
+        c.execute("UPDATE audit_indexed SET upto = 0", []).unwrap();
+        c.execute("DELETE FROM audit_subject", []).unwrap();
+        assert_eq!(index_subjects(&c).unwrap(), 6);
+        assert_eq!(count(&c), 9);
+        assert_eq!(index_subjects(&c).unwrap(), 0, "nothing left");
+        assert_eq!((seqs(&s.path, a), seqs(&s.path, b)), before);
+        assert!(verify(&s.path).unwrap().intact);
+        // A row beyond what the index covers invents an access.
+        c.execute("UPDATE audit_indexed SET upto = 4", []).unwrap();
+        let rep = verify(&s.path).unwrap();
+        assert_eq!(rep.first_bad_seq, Some(5), "{rep:?}");
+        assert!(rep.problem.unwrap().contains("subject index"));
+    }
+
+    #[test]
+    fn a_log_from_before_the_deferred_index_is_covered_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        rt().block_on(async {
+            let log = AuditLog::open(&s).unwrap();
+            for i in 0..3 {
+                log.append(entry(i, "900515300018")).await.unwrap();
+            }
+        });
+        // The log as the earlier bus left it: every record indexed as it was written, and
+        // no coverage mark.
+        let c = raw(&s.path);
+        index_subjects(&c).unwrap();
+        c.execute("DROP TABLE audit_indexed", []).unwrap();
+        assert_eq!(subject_accesses(&s.path, "900515300018").unwrap().len(), 3);
+        assert!(verify(&s.path).unwrap().intact);
+        drop(c);
+        rt().block_on(async {
+            let log = AuditLog::open(&s).unwrap();
+            log.append(entry(9, "900515300018")).await.unwrap();
+        });
+        let upto: i64 = raw(&s.path).query_row("SELECT upto FROM audit_indexed", [], |r| r.get(0)).unwrap();
+        assert!(upto >= 3, "the earlier records are covered: {upto}");
+        assert_eq!(subject_accesses(&s.path, "900515300018").unwrap().len(), 4);
+        assert!(verify(&s.path).unwrap().intact);
     }
 
     #[test]
@@ -1162,7 +1338,8 @@ mod tests {
     }
 
     /// Records committed by the callers themselves, while others queue theirs: each gets its
-    /// own `seq`, none is left waiting, and the WAL is checkpointed off the commit path.
+    /// own `seq`, none is left waiting, and the subject index is filled and the WAL
+    /// checkpointed off the commit path.
     #[test]
     fn inline_commits_leave_no_record_behind() {
         let dir = tempfile::tempdir().unwrap();
@@ -1203,12 +1380,14 @@ mod tests {
         let rep = verify(&s.path).unwrap();
         assert!(rep.intact && rep.records == 800, "{rep:?}");
         // The checkpointer has copied the WAL into the database meanwhile.
-        std::thread::sleep(CHECKPOINT_EVERY * 3);
+        std::thread::sleep(MAINTENANCE_EVERY * 3);
         let c = raw(&s.path);
         let (log_frames, checkpointed): (i64, i64) = c
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(1)?, r.get(2)?)))
             .unwrap();
         assert_eq!(log_frames, checkpointed, "nothing left to checkpoint");
+        let upto: i64 = c.query_row("SELECT upto FROM audit_indexed", [], |r| r.get(0)).unwrap();
+        assert_eq!(upto, 800, "the subject index covers every record");
         drop(log);
     }
 
