@@ -220,6 +220,10 @@ async fn both(
     Both { loaded, serial }
 }
 
+/// A target: its name, the channel to it, the subjects and tokens of the load, and the pid
+/// of its own process (nginx) whose CPU counts.
+type Target = (&'static str, Result<Channel, String>, Arc<Vec<(String, String)>>, Option<u32>);
+
 /// The median round of a target: by throughput for the load, by p50 for one call at a time.
 fn median(mut rounds: Vec<Both>) -> Both {
     fn mid(mut v: Vec<Stats>, key: impl Fn(&Stats) -> f64) -> Option<Stats> {
@@ -488,7 +492,7 @@ async fn run() {
     } else {
         Err("skipped (SHEP_BENCH_ONLY)".into())
     };
-    let targets: [(&str, Result<Channel, String>, Arc<Vec<(String, String)>>, Option<u32>); 4] = [
+    let targets: [Target; 4] = [
         (
             "(a) direct",
             if run_it("a") { Ok(shep_runtime::tls::channel(&sdu_tls, &gbdfl_endpoint).unwrap()) } else { skipped() },
