@@ -27,6 +27,10 @@
 //!
 //! Run: `cargo bench -p shep-bus --bench bus_vs_nginx`.
 
+// The allocator of the `shep` binary, so that the bus here costs what it costs there.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../tests/harness/mod.rs"]
 mod harness;
 

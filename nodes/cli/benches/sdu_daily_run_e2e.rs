@@ -20,6 +20,9 @@
 //! second, and the peak resident memory (VmHWM) of the SDU process and of the process of the
 //! simulators and the bus. Not run by `cargo test`; `make bench` runs it.
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Instant;
