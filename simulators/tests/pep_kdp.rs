@@ -236,6 +236,19 @@ async fn kdp_revocations_stream_and_resume() {
     assert_eq!(t.claims.unwrap().expires_at, Some(until));
 }
 
+/// The first SMS of `case` to `iin` under pilot sez-000, its text from the pilot's appendix.
+fn notify(iin: &str, case: &str) -> NotifyRequest {
+    NotifyRequest {
+        case_id: case.into(),
+        attempt: 1,
+        iin: iin.into(),
+        pilot_id: "sez-000".into(),
+        permit_numbers: vec!["KZ02SEO00000001".into()],
+        holder_name: "Ахметова Айгүл".into(),
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn pep_no_phone_sent_idempotent_and_answers_after_the_clock_moves() {
     let h = Harness::start().await;
@@ -245,17 +258,6 @@ async fn pep_no_phone_sent_idempotent_and_answers_after_the_clock_moves() {
     let consents = |p: u32| c.base_consent(p, "pep", "bmg.phone.read").is_some();
 
     let phoneless = person_where(&h, |p| c.phone_of(p).is_none() && consents(p));
-    let notify = |iin: &str, case: &str| NotifyRequest {
-        case_id: case.into(),
-        attempt: 1,
-        iin: iin.into(),
-        pilot_id: "sez-000".into(),
-        permit_numbers: vec!["KZ02SEO00000001".into()],
-        holder_bin: String::new(),
-        holder_name: "Ахметова Айгүл".into(),
-        language: 0,
-        text: String::new(),
-    };
     let r = pep.notify(notify(&phoneless, "case-0")).await.unwrap().into_inner();
     assert_eq!(r.outcome, NotifyOutcome::NoPhone as i32);
     assert!(r.sms_id.is_empty());
@@ -348,15 +350,6 @@ async fn pep_notify_many_answers_each_item_as_notify_would() {
     let consents = |p: u32| c.base_consent(p, "pep", "bmg.phone.read").is_some();
     let phoneless = person_where(&h, |p| c.phone_of(p).is_none() && consents(p));
     let with_phone = person_where(&h, |p| c.phone_of(p).is_some() && consents(p));
-    let notify = |iin: &str, case: &str| NotifyRequest {
-        case_id: case.into(),
-        attempt: 1,
-        iin: iin.into(),
-        pilot_id: "sez-000".into(),
-        permit_numbers: vec!["KZ02SEO00000001".into()],
-        holder_name: "ТОО Ромашка".into(),
-        ..Default::default()
-    };
     let first = pep.notify(notify(&with_phone, "case-1")).await.unwrap().into_inner();
     let batch = pep
         .notify_many(NotifyManyRequest {
