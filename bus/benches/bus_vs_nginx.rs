@@ -229,7 +229,7 @@ async fn both(
 type Target = (&'static str, Result<Channel, String>, Arc<Vec<(String, String)>>, Option<u32>);
 
 /// The median round of a target: by throughput for the load, by p50 for one call at a time.
-fn median(mut rounds: Vec<Both>) -> Both {
+fn median(rounds: Vec<Both>) -> Both {
     fn mid(mut v: Vec<Stats>, key: impl Fn(&Stats) -> f64) -> Option<Stats> {
         v.sort_by(|a, b| key(a).total_cmp(&key(b)));
         let n = v.len();
@@ -240,8 +240,8 @@ fn median(mut rounds: Vec<Both>) -> Both {
     };
     let loaded_err = first_error(|b| &b.loaded, &rounds);
     let serial_err = first_error(|b| &b.serial, &rounds);
-    let loaded: Vec<Stats> = rounds.iter_mut().filter_map(|b| b.loaded.as_ref().ok().cloned()).collect();
-    let serial: Vec<Stats> = rounds.iter_mut().filter_map(|b| b.serial.as_ref().ok().cloned()).collect();
+    let loaded: Vec<Stats> = rounds.iter().filter_map(|b| b.loaded.as_ref().ok().cloned()).collect();
+    let serial: Vec<Stats> = rounds.iter().filter_map(|b| b.serial.as_ref().ok().cloned()).collect();
     Both {
         loaded: mid(loaded, Stats::rate).ok_or(loaded_err),
         serial: mid(serial, |s| ms(s.p50)).ok_or(serial_err),

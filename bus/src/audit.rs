@@ -250,8 +250,13 @@ impl AuditRecord {
 
     /// The subjects of the record, one by one.
     pub fn subjects(&self) -> impl Iterator<Item = &str> {
-        self.subject.split(',').filter(|s| !s.is_empty())
+        subjects_of(&self.subject)
     }
+}
+
+/// The subjects in a record's `subject` column (comma-separated, empty for none).
+fn subjects_of(column: &str) -> impl Iterator<Item = &str> {
+    column.split(',').filter(|s| !s.is_empty())
 }
 
 const SCHEMA: &str = "
@@ -403,20 +408,30 @@ fn head(conn: &Connection, path: &Path) -> Result<(u64, String), AuditError> {
 }
 
 fn write_batch(
-    conn: &mut Connection,
+    conn: &Connection,
     head: &(u64, String),
     jobs: &[Job],
 ) -> rusqlite::Result<Vec<AuditRecord>> {
-    // BEGIN and COMMIT as cached statements: parsed once, not at every batch.
-    conn.prepare_cached("BEGIN")?.execute([])?;
-    let written = insert_batch(conn, head, jobs).and_then(|out| {
+    in_transaction(conn, "BEGIN", |conn| insert_batch(conn, head, jobs))
+}
+
+/// Runs `body` in a transaction opened with `begin` ("BEGIN", "BEGIN IMMEDIATE"), committed
+/// when it succeeds and rolled back when it fails. BEGIN and COMMIT are cached statements:
+/// parsed once, not at every transaction.
+fn in_transaction<T>(
+    conn: &Connection,
+    begin: &str,
+    body: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(begin)?.execute([])?;
+    let done = body(conn).and_then(|out| {
         conn.prepare_cached("COMMIT")?.execute([])?;
         Ok(out)
     });
-    if written.is_err() && !conn.is_autocommit() {
+    if done.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
     }
-    written
+    done
 }
 
 fn insert_batch(
@@ -467,8 +482,7 @@ const INDEX_CHUNK: i64 = 20_000;
 /// share pages). Returns how many records it covered. The index is derived data: the
 /// records are durable without it, and the queries read the records it does not cover yet.
 fn index_subjects(conn: &Connection) -> rusqlite::Result<usize> {
-    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-    let done = (|| {
+    in_transaction(conn, "BEGIN IMMEDIATE", |conn| {
         let upto: i64 = conn.query_row("SELECT upto FROM audit_indexed WHERE id = 1", [], |r| r.get(0))?;
         let mut rows: Vec<(String, i64)> = Vec::new();
         let mut last = upto;
@@ -479,7 +493,7 @@ fn index_subjects(conn: &Connection) -> rusqlite::Result<usize> {
             while let Some(r) = it.next()? {
                 let seq: i64 = r.get(0)?;
                 let subject: String = r.get(1)?;
-                rows.extend(subject.split(',').filter(|x| !x.is_empty()).map(|x| (x.to_owned(), seq)));
+                rows.extend(subjects_of(&subject).map(|x| (x.to_owned(), seq)));
                 last = seq;
                 n += 1;
             }
@@ -495,19 +509,7 @@ fn index_subjects(conn: &Connection) -> rusqlite::Result<usize> {
         }
         conn.prepare_cached("UPDATE audit_indexed SET upto = ?1 WHERE id = 1")?.execute([last])?;
         Ok(n)
-    })();
-    match done {
-        Ok(n) => {
-            conn.prepare_cached("COMMIT")?.execute([])?;
-            Ok(n)
-        }
-        Err(e) => {
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            Err(e)
-        }
-    }
+    })
 }
 
 /// The writing end: the connection and the head of the chain.
@@ -523,7 +525,7 @@ impl Writer {
     /// (the head of the chain then stays where it was).
     fn commit(&mut self, jobs: &mut Vec<Job>) {
         let n = jobs.len() as i64;
-        let written = write_batch(&mut self.conn, &self.head, jobs);
+        let written = write_batch(&self.conn, &self.head, jobs);
         self.depth.fetch_sub(n, Ordering::Relaxed);
         match written {
             Ok(recs) => {

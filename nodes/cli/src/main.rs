@@ -21,14 +21,14 @@ use clap::{Parser, Subcommand};
 
 use crate::exit::Failure;
 
-/// mimalloc instead of glibc's allocator: the bus's request path allocates per frame and
-/// per call from every worker thread, and glibc's arenas made allocation about a fifth of
-/// its CPU (`bus_vs_nginx`: 1.39 → 1.06 CPU s per 10k calls, 12.4k → 17.3k calls/s).
 /// Threads for blocking work (the SDU's store calls, exports): beyond, calls queue for one.
 /// Each thread keeps an allocator heap of its own; tokio's default of 512 let the SDU grow
 /// to well over a hundred under load.
 const MAX_BLOCKING_THREADS: usize = 16;
 
+/// mimalloc instead of glibc's allocator: the bus's request path allocates per frame and
+/// per call from every worker thread, and glibc's arenas made allocation about a fifth of
+/// its CPU (`bus_vs_nginx`: 1.39 → 1.06 CPU s per 10k calls, 12.4k → 17.3k calls/s).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -99,7 +99,7 @@ lookup_batch = {lookup_batch}
 # Consent tokens and person checks (GBD FL and ZAGS) that cases ask for at the same time go
 # in batch calls of up to this many subjects, each with its own token (1 to 32); 1: one
 # IssueToken, GetPerson and GetPersonActs per subject. Organizations' permits are re-issued
-# in batches of this size too (1: one ReissuePermit each).
+# and SMS sent in batches of this size too (1: one ReissuePermit and one Notify each).
 call_batch = {call_batch}
 # An operator's pilot catalog ([[pilot]] tables) replacing or adding to the shipped one.
 # pilots_file = "/etc/shep/pilots.toml"

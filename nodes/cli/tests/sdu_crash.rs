@@ -35,6 +35,7 @@ const REISSUE: &str = "/kz.gov.elicense.v1.PermitRegistry/ReissuePermit";
 /// The batch form the SDU re-issues organizations' permits with.
 const REISSUE_BATCH: &str = "/kz.gov.elicense.v1.PermitRegistry/ReissueOrganizationPermits";
 const NOTIFY: &str = "/kz.gov.pep.v1.Portal/Notify";
+/// The batch form the SDU sends its SMS with.
 const NOTIFY_BATCH: &str = "/kz.gov.pep.v1.Portal/NotifyMany";
 
 /// The tests of this file one at a time: each runs a topology and SDU processes, and two at

@@ -23,6 +23,11 @@ pub fn error<'a>(
     tonic::Status::with_error_details(code, message, details)
 }
 
+/// The ErrorInfo reason of a status ("PERMIT_NOT_ACTIVE"); empty when it has none.
+pub fn reason(status: &tonic::Status) -> String {
+    status.get_details_error_info().map(|e| e.reason).unwrap_or_default()
+}
+
 /// INVALID_ARGUMENT with a BadRequest field violation and an ErrorInfo.
 pub fn invalid_field(field: &str, description: impl Into<String>, reason: &str) -> tonic::Status {
     let description = description.into();

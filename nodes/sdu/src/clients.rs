@@ -21,7 +21,6 @@ use shep_proto::pep::portal_client::PortalClient;
 use shep_proto::zags::civil_act_registry_client::CivilActRegistryClient;
 use shep_proto::{elicense, gbdfl, gbdul, kdp, pep, shep, zags};
 use tonic::transport::Channel;
-use tonic_types::StatusExt;
 
 use shep_runtime::batch::{Batcher, all_failed, append_distinct, each_of};
 use crate::case::{PermitItem, PersonFacts, Subject, SubjectName};
@@ -42,10 +41,7 @@ pub struct CallError {
 impl CallError {
     fn from_status(method: &str, s: &tonic::Status) -> CallError {
         use tonic::Code::*;
-        let reason = s
-            .get_details_error_info()
-            .map(|i| i.reason)
-            .unwrap_or_default();
+        let reason = shep_runtime::status::reason(s);
         let transient = matches!(
             s.code(),
             Unavailable
@@ -352,7 +348,8 @@ impl Upstream {
     /// `GetActsOfPersons`), each subject with its own token, and so do the notifications
     /// (PEP `NotifyMany`, each recipient with its own token, each item idempotent per case
     /// and attempt) and the re-issues of organizations' permits (e-license
-    /// `ReissueOrganizationPermits`, each item idempotent by its own key). Starts the batching tasks on the current Tokio runtime.
+    /// `ReissueOrganizationPermits`, each item idempotent by its own key). Starts the
+    /// batching tasks on the current Tokio runtime.
     pub fn batching(mut self, batch: usize) -> Self {
         if batch <= 1 {
             self.batches = None;
@@ -808,14 +805,9 @@ impl Upstream {
     async fn notify_many(&self, qs: Vec<(NotifyRequest, Token)>) -> Vec<Result<Notified, CallError>> {
         const M: &str = "pep.NotifyMany";
         let n = qs.len();
-        let mut tokens = Vec::with_capacity(n);
-        let items: Vec<pep::NotifyRequest> = qs
-            .into_iter()
-            .map(|(q, t)| {
-                tokens.push(t);
-                to_proto_notify(q)
-            })
-            .collect();
+        let (items, tokens): (Vec<pep::NotifyRequest>, Vec<Token>) =
+            qs.into_iter().map(|(q, t)| (to_proto_notify(q), t)).unzip();
+        // The items are kept to be sent again one by one if the batch is refused as a whole.
         let mut req = tonic::Request::new(pep::NotifyManyRequest { items: items.clone() });
         req.set_timeout(self.timeout);
         append_distinct(req.metadata_mut(), shep_consent::METADATA_KEY, tokens.iter().map(|t| t.0.as_str()));

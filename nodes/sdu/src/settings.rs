@@ -33,8 +33,9 @@ pub struct SduSettings {
     /// Subjects in one batch look-up: consent tokens (KDP `IssueTokens`) and person checks
     /// (GBD FL `GetPersons` with ZAGS `GetActsOfPersons`) that cases ask for at the same time
     /// go together, each subject with its own token; 1 makes one call per subject
-    /// (`IssueToken`, `GetPerson`, `GetPersonActs`). Organizations' permits are re-issued in
-    /// batches of this size too (`ReissueOrganizationPermits`; 1: `ReissuePermit` each).
+    /// (`IssueToken`, `GetPerson`, `GetPersonActs`). Organizations' permits are re-issued and
+    /// SMS sent in batches of this size too (`ReissueOrganizationPermits`, PEP `NotifyMany`;
+    /// 1: `ReissuePermit` and `Notify` each).
     /// From 1 to 32 (the tokens travel in the call's headers).
     pub call_batch: usize,
     /// An operator's pilot catalog (TOML, `[[pilot]]` tables) that replaces pilots of the

@@ -13,7 +13,7 @@ use shep_proto::elicense::{
     ReissueOrganizationPermitsResponse, ReissuePermitRequest, ReissuePermitResponse, ReissueResult, holder, holder_name,
     reissue_result,
 };
-use shep_runtime::status::{error, invalid_field, not_found, parse_bin, parse_iin};
+use shep_runtime::status::{error, invalid_field, not_found, parse_bin, parse_iin, reason};
 use tonic::{Code, Request, Response, Status};
 
 use super::common::{each, required};
@@ -270,14 +270,11 @@ impl PermitRegistry for ELicense {
         .map(|(_, r)| {
             let result = match r {
                 Ok(r) => reissue_result::Result::Reissued(r),
-                Err(s) => {
-                    use tonic_types::StatusExt;
-                    reissue_result::Result::Error(ReissueError {
-                        code: s.code() as i32,
-                        message: s.message().to_owned(),
-                        reason: s.get_details_error_info().map(|e| e.reason).unwrap_or_default(),
-                    })
-                }
+                Err(s) => reissue_result::Result::Error(ReissueError {
+                    code: s.code() as i32,
+                    message: s.message().to_owned(),
+                    reason: reason(&s),
+                }),
             };
             ReissueResult { result: Some(result) }
         })

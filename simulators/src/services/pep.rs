@@ -20,9 +20,8 @@ use shep_proto::pep::{
     Answer, Language, ListOutboxRequest, NotifyError, NotifyManyRequest, NotifyManyResponse, NotifyRequest,
     NotifyResponse, NotifyResult, OutboxSms, StreamAnswersRequest, notify_result,
 };
-use shep_runtime::status::{error, invalid_field, parse_bin, parse_iin};
+use shep_runtime::status::{error, invalid_field, parse_bin, parse_iin, reason};
 use tonic::{Code, Request, Response, Status};
-use tonic_types::StatusExt;
 
 use super::common::{Feed, batch_size, required, tail};
 use crate::catalog::{self, Lang};
@@ -320,7 +319,7 @@ impl Portal for Pep {
                 Err(s) => notify_result::Result::Error(NotifyError {
                     code: s.code() as i32,
                     message: s.message().to_owned(),
-                    reason: s.get_details_error_info().map(|e| e.reason).unwrap_or_default(),
+                    reason: reason(&s),
                 }),
             };
             NotifyResult { case_id, attempt, result: Some(result) }

@@ -105,8 +105,7 @@ pub fn violations(s: &tonic::Status) -> Vec<String> {
 
 /// The ErrorInfo reason of a status.
 pub fn reason(s: &tonic::Status) -> String {
-    use tonic_types::StatusExt;
-    s.get_details_error_info().map(|e| e.reason).unwrap_or_default()
+    shep_runtime::status::reason(s)
 }
 
 /// Collects a server stream.
