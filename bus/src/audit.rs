@@ -381,7 +381,8 @@ fn open_writer(settings: &AuditSettings) -> Result<Connection, AuditError> {
         Synchronous::Normal => "NORMAL",
     };
     // No automatic checkpoint at commit: a checkpointer does it from its own connection.
-    conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA wal_autocheckpoint=0;"))
+    // A WAL grown by a burst is cut back to 64 MiB when it starts again.
+    conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;"))
         .map_err(sqlite(path))?;
     conn.execute_batch(SCHEMA).map_err(sqlite(path))?;
     Ok(conn)
@@ -606,24 +607,37 @@ enum WriterRef {
 }
 
 impl WriterRef {
-    /// Fills the subject index with the writer's connection (so that no commit waits for
-    /// another connection's lock); `None` once the log is closed. Records queued meanwhile
-    /// (`synchronous = normal`) are committed before it returns.
-    fn index(&self) -> Option<rusqlite::Result<usize>> {
+    /// With the writer's connection, so that no commit waits for another connection's
+    /// lock: fills the subject index, then checkpoints what is left in the WAL. No commit
+    /// can land meanwhile, so the checkpoint is complete (unless a reader elsewhere holds
+    /// an older snapshot) and the next commit writes the WAL from its start again; without
+    /// that, a bus that never pauses would grow its WAL forever. `None` once the log is
+    /// closed. Records queued meanwhile (`synchronous = normal`) are committed before it
+    /// returns.
+    fn maintain(&self) -> Option<rusqlite::Result<usize>> {
+        let work = |w: &Writer| {
+            let n = index_subjects(&w.conn)?;
+            checkpoint(&w.conn)?;
+            Ok(n)
+        };
         match self {
             WriterRef::Inline(w) => {
                 let inline = w.upgrade()?;
-                let r = index_subjects(&inline.writer.lock().unwrap_or_else(|p| p.into_inner()).conn);
+                let r = work(&inline.writer.lock().unwrap_or_else(|p| p.into_inner()));
                 inline.drain();
                 Some(r)
             }
             WriterRef::Thread(w) => {
                 let writer = w.upgrade()?;
-                let r = index_subjects(&writer.lock().unwrap_or_else(|p| p.into_inner()).conn);
+                let r = work(&writer.lock().unwrap_or_else(|p| p.into_inner()));
                 Some(r)
             }
         }
     }
+}
+
+fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
 /// Every `every`, off the commit path, until the log is closed: fills the subject index
@@ -641,15 +655,16 @@ fn spawn_maintenance(path: PathBuf, busy_ms: u64, writer: WriterRef, every: std:
             let path = p;
             loop {
                 std::thread::sleep(every);
-                match writer.index() {
+                // The bulk of the copy while commits go on; the rest under the writer.
+                if let Err(e) = checkpoint(&conn) {
+                    tracing::warn!(path = %path.display(), error = %e, "audit checkpoint failed; tried again later");
+                }
+                match writer.maintain() {
                     None => return,
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        tracing::warn!(path = %path.display(), error = %e, "audit subject index not filled; tried again later")
+                        tracing::warn!(path = %path.display(), error = %e, "audit subject index or checkpoint not done; tried again later")
                     }
-                }
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(path = %path.display(), error = %e, "audit checkpoint failed; tried again later");
                 }
             }
         })
@@ -1391,6 +1406,34 @@ mod tests {
         let upto: i64 = c.query_row("SELECT upto FROM audit_indexed", [], |r| r.get(0)).unwrap();
         assert_eq!(upto, 800, "the subject index covers every record");
         drop(log);
+    }
+
+    /// The WAL is written from its start again once it was checkpointed, even when
+    /// commits never pause: a bus that runs for months does not grow a WAL the size of
+    /// everything it ever wrote.
+    #[test]
+    fn the_wal_is_reused_under_constant_commits() {
+        for synchronous in [Synchronous::Full, Synchronous::Normal] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = AuditSettings { synchronous, ..settings(dir.path()) };
+            let wal = s.path.with_extension("sqlite-wal");
+            let log = AuditLog::open(&s).unwrap();
+            let mut sizes = vec![];
+            rt().block_on(async {
+                let mut i = 0;
+                for _ in 0..10 {
+                    let until = std::time::Instant::now() + MAINTENANCE_EVERY * 2;
+                    while std::time::Instant::now() < until {
+                        i += 1;
+                        log.append(entry(i, "900515300018")).await.unwrap();
+                    }
+                    sizes.push(std::fs::metadata(&wal).unwrap().len());
+                }
+            });
+            eprintln!("{synchronous:?}: {sizes:?}");
+            assert!(sizes[9] < sizes[2] * 2, "{synchronous:?}: the WAL grew with every round: {sizes:?}");
+            drop(log);
+        }
     }
 
     fn a_locked_database_fails_the_batch_not_the_writer_in(s: &AuditSettings) {
