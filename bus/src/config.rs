@@ -235,10 +235,11 @@ pub enum Synchronous {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSettings {
-    /// The SQLite file (created when missing; WAL mode).
+    /// The SQLite archive (created when missing; WAL mode). The journal files
+    /// (`<path>.journal.N`) and the lock file (`<path>.lock`) live beside it.
     #[serde(default = "default_audit_path")]
     pub path: PathBuf,
-    /// Most records committed in one transaction (group commit).
+    /// Most records written to the journal at once (group commit).
     #[serde(default = "default_batch")]
     pub batch_max: usize,
     /// Records waiting for the writer at most; a call waits for room beyond it.
@@ -247,8 +248,9 @@ pub struct AuditSettings {
     /// Durability of a commit.
     #[serde(default)]
     pub synchronous: Synchronous,
-    /// How long a commit waits for a lock held by another process, in milliseconds; past
-    /// it the batch fails and its calls are refused (UNAVAILABLE, `AUDIT_UNAVAILABLE`).
+    /// How long moving the journal into the archive waits for a lock on the archive held by
+    /// another process (a reader), in milliseconds; past it the move is tried again at the
+    /// next pass. Calls do not wait for it.
     #[serde(default = "default_busy_ms")]
     pub busy_timeout_ms: u64,
 }

@@ -15,7 +15,8 @@
 //!   method (subject field, KDP scope, identifier fields) and the checks on a request;
 //! - [`access`]: the access matrix; [`limits`]: rate and concurrency per caller;
 //! - [`consent`]: the token decision and the KDP key and revocation feed;
-//! - [`audit`]: the hash-chained SQLite log with group commit, [`audit::verify`],
+//! - [`audit`]: the hash-chained log (journal files with group commit, moved into a SQLite
+//!   archive off the commit path), [`audit::verify`],
 //!   [`audit::subject_accesses`];
 //! - [`gate`]: the stages shared by every path in and the audit of a call; [`forward`]: the
 //!   forwarder; [`envelope`]: `SyncChannel/SendMessage`; [`admin`]:

@@ -1012,8 +1012,16 @@ async fn the_audit_chain_is_verified_and_tampering_is_named() {
         .await;
     assert!(all.first().unwrap().as_ref().unwrap().seq == 3);
 
-    // Someone with the file edits a record (around the append-only triggers).
+    // Someone with the file edits a record (around the append-only triggers), once the
+    // maintenance pass has moved it from the journal into the archive.
     let conn = rusqlite_open(&w.audit_path());
+    for _ in 0..100 {
+        let archived: i64 = conn.query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap();
+        if archived >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     conn.execute_batch("DROP TRIGGER audit_no_update;").unwrap();
     conn.execute("UPDATE audit SET caller = 'mallory' WHERE seq = 3", [])
         .unwrap();
@@ -1309,20 +1317,61 @@ async fn gzip_requests_are_inspected_too() {
     w.shutdown.trigger();
 }
 
+/// A small tmpfs, unmounted when dropped: a disk that can be filled.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: std::path::PathBuf) -> SmallDisk {
+        std::fs::create_dir_all(&at).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(&at)
+            .status()
+            .expect("mount(8) runs");
+        assert!(st.success(), "this test fills a disk under the audit: it needs to mount a 256 KiB tmpfs (root)");
+        SmallDisk(at)
+    }
+
+    /// Writes a file until the disk is full; returns it.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let p = self.0.join("filler");
+        let mut f = std::fs::File::create(&p).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+        p
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 #[tokio::test]
 async fn when_the_audit_cannot_be_written_calls_are_refused() {
-    let w = World::start(|s| s.audit.busy_timeout_ms = 100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path().join("disk"));
+    let audit = disk.0.join("bus-audit.sqlite");
+    let w = World::start(|s| s.audit.path = audit.clone()).await;
     let call = || async {
         OrganizationRegistryClient::new(w.client("sdu"))
             .get_organization(gbdul::GetOrganizationRequest { bin: bin(1) })
             .await
     };
     call().await.unwrap();
-    // Another process holds the database's write lock.
-    let other = rusqlite_open(&w.audit_path());
-    other.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    // The disk fills up. A journal write that still fits the file's last page succeeds;
+    // the first that needs a new one fails.
+    let filler = disk.fill();
+    let mut refused = None;
+    for _ in 0..20 {
+        if let Err(st) = call().await {
+            refused = Some(st);
+            break;
+        }
+    }
     // A unary call: forwarded, but its answer is withheld since its record cannot be written.
-    let st = call().await.unwrap_err();
+    let st = refused.expect("a call is refused once the disk is full");
     assert_eq!(
         (st.code(), reason(&st).as_str()),
         (Code::Unavailable, "AUDIT_UNAVAILABLE")
@@ -1339,7 +1388,8 @@ async fn when_the_audit_cannot_be_written_calls_are_refused() {
         (st.code(), reason(&st).as_str()),
         (Code::Unavailable, "AUDIT_UNAVAILABLE")
     );
-    other.execute_batch("ROLLBACK;").unwrap();
+    // Room again: calls go on, and the chain has no hole where the refused ones were.
+    std::fs::remove_file(filler).unwrap();
     call().await.unwrap();
     let rep = shep_bus::audit::verify(&w.audit_path()).unwrap();
     assert!(rep.intact, "{rep:?}");

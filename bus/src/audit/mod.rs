@@ -1,12 +1,20 @@
-//! The audit log: every call, allowed or refused, as hash-chained records in SQLite.
+//! The audit log: every call, allowed or refused, as hash-chained records.
 //!
-//! **Writing.** [`AuditLog::append`] hands a record to one writer thread and waits until
-//! the transaction that holds it has committed. The writer takes whatever records are
-//! waiting (up to `batch_max`), numbers them, chains them (each record's `hash` is
-//! SHA-256 over the previous record's hash and this record's content), inserts them in one
-//! transaction and commits: one fsync for the whole batch (group commit). With
-//! `synchronous = full` (the default) a committed record survives a power cut. When a
-//! commit fails, every call of the batch gets the error and the chain head does not move.
+//! **Writing.** [`AuditLog::append`] queues a record and waits until the write that holds
+//! it is done. Whoever writes takes the records waiting (up to `batch_max`), numbers them,
+//! chains them (each record's `hash` is SHA-256 over the previous record's hash and this
+//! record's content) and appends them to the open journal file in one write (see
+//! [`journal`]): with `synchronous = full` (the default) a writer thread does it and
+//! follows with one fdatasync (group commit), so a written record survives a power cut;
+//! with `synchronous = normal` the caller that finds the writer free does it itself. When
+//! a write fails, every call of the group gets the error and the chain head does not move.
+//!
+//! **The archive.** Every 200 ms a maintenance thread switches the writer to a new journal
+//! file, moves the records of the closed ones into the SQLite archive (one transaction,
+//! fsynced) and deletes them, fills the subject index and checkpoints the archive. Opening
+//! the log moves whatever journal files a stopped or killed bus left. Readers ([`verify`],
+//! [`subject_accesses`], [`query`]) read the journal files, then the archive, so a record is
+//! found from the moment its call was answered.
 //!
 //! **Records of a call.** A unary call forwarded by the bus has one `call` record
 //! (allowed, final status, duration, sizes), committed once the upstream has answered and
@@ -16,10 +24,11 @@
 //! status, duration, sizes; `call_seq` = the decision's `seq`) committed before its final
 //! status reaches the caller. A refused call has one `decision` record carrying its status.
 //!
-//! **Append-only.** Triggers refuse UPDATE and DELETE; the chain makes any edit made
-//! around them visible to [`verify`], which names the first record altered, removed or
-//! reordered. Removing records at the *end* of the log leaves a shorter valid chain: compare
-//! the head ([`VerifyReport::head_hash`]) with one kept elsewhere to detect truncation.
+//! **Append-only.** Triggers refuse UPDATE and DELETE in the archive; the chain makes any
+//! edit made around them, or to a journal file, visible to [`verify`], which names the first
+//! record altered, removed or reordered. Removing records at the *end* of the log leaves a
+//! shorter valid chain: compare the head ([`VerifyReport::head_hash`]) with one kept
+//! elsewhere to detect truncation.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -32,7 +41,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{AuditSettings, Synchronous};
 
-/// How often the subject index is filled and the WAL checkpointed, off the commit path.
+mod journal;
+use journal::Journal;
+
+/// How often the journal is moved into the archive, off the commit path.
 const MAINTENANCE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The `prev_hash` of the first record.
@@ -177,30 +189,29 @@ impl AuditRecord {
     /// two different records serialize alike.
     pub fn content(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
-        let mut put = |s: &str| {
-            out.extend_from_slice(s.len().to_string().as_bytes());
-            out.push(b':');
-            out.extend_from_slice(s.as_bytes());
-            out.push(b'\n');
-        };
-        put(&self.seq.to_string());
-        put(self.phase.as_str());
-        put(&self.call_seq.to_string());
-        put(&self.message_id);
-        put(&self.correlation_id);
-        put(&self.caller);
-        put(&self.method);
-        put(&self.subject);
-        put(&self.token_ids);
-        put(self.decision.as_str());
-        put(&self.reason);
-        put(&self.grpc_status.to_string());
-        put(&self.received_at_us.to_string());
-        put(&self.duration_us.to_string());
-        put(&self.request_bytes.to_string());
-        put(&self.response_bytes.to_string());
-        put(&self.trace_id);
+        self.content_into(&mut out);
         out
+    }
+
+    fn content_into(&self, out: &mut Vec<u8>) {
+        let put = |out: &mut Vec<u8>, s: &str| journal::put(out, s);
+        put(out, &self.seq.to_string());
+        put(out, self.phase.as_str());
+        put(out, &self.call_seq.to_string());
+        put(out, &self.message_id);
+        put(out, &self.correlation_id);
+        put(out, &self.caller);
+        put(out, &self.method);
+        put(out, &self.subject);
+        put(out, &self.token_ids);
+        put(out, self.decision.as_str());
+        put(out, &self.reason);
+        put(out, &self.grpc_status.to_string());
+        put(out, &self.received_at_us.to_string());
+        put(out, &self.duration_us.to_string());
+        put(out, &self.request_bytes.to_string());
+        put(out, &self.response_bytes.to_string());
+        put(out, &self.trace_id);
     }
 
     /// SHA-256 (hex) of `prev_hash` and the content.
@@ -332,12 +343,40 @@ struct Job {
     done: oneshot::Sender<Result<u64, String>>,
 }
 
-/// The handle of the writer: cheap to clone.
+/// The handle of the log: cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
+    // Dropped before `closer`: the last handle's sink goes first, so the writer has
+    // stopped when the closer runs.
     sink: Sink,
     depth: Arc<AtomicI64>,
     path: PathBuf,
+    archive: Arc<Mutex<Archive>>,
+    writer: WriterRef,
+    _closer: Arc<Closer>,
+}
+
+/// Closes the log when its last handle is dropped: waits for the writer thread, moves the
+/// last journal into the archive and lets the lock file go, so that the log can be opened
+/// again at once.
+struct Closer {
+    archive: Arc<Mutex<Archive>>,
+    writer: WriterRef,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        if let Some(t) = self.writer_thread.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+        let mut a = self.archive.lock().unwrap_or_else(|p| p.into_inner());
+        if !a.closed {
+            let _ = a.pass(&self.writer);
+        }
+        a.closed = true;
+        a.lock = None;
+    }
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -355,8 +394,16 @@ fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
     }
 }
 
-/// Opens (creating when missing) the log for writing: WAL, the schema, the pragmas.
-fn open_writer(settings: &AuditSettings) -> Result<Connection, AuditError> {
+fn io_error(path: &Path, what: &str) -> impl Fn(std::io::Error) -> AuditError {
+    let path = path.to_owned();
+    let what = what.to_owned();
+    move |e| AuditError::Other { path: path.clone(), why: format!("{what}: {e}") }
+}
+
+/// Opens (creating when missing) the archive for writing: WAL, the schema, the pragmas.
+/// Only the maintenance thread writes it, so every commit is `synchronous = FULL`: a
+/// journal file is deleted only once its records are durably in the archive.
+fn open_archive(settings: &AuditSettings) -> Result<Connection, AuditError> {
     let path = &settings.path;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| AuditError::Other {
@@ -376,13 +423,9 @@ fn open_writer(settings: &AuditSettings) -> Result<Connection, AuditError> {
             why: format!("cannot switch to WAL (journal_mode={mode})"),
         });
     }
-    let sync = match settings.synchronous {
-        Synchronous::Full => "FULL",
-        Synchronous::Normal => "NORMAL",
-    };
-    // No automatic checkpoint at commit: a checkpointer does it from its own connection.
-    // A WAL grown by a burst is cut back to 64 MiB when it starts again.
-    conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;"))
+    // Checkpoints are the maintenance thread's, after each move; a WAL grown by a burst is
+    // cut back to 64 MiB when it starts again.
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;")
         .map_err(sqlite(path))?;
     conn.execute_batch(SCHEMA).map_err(sqlite(path))?;
     Ok(conn)
@@ -408,14 +451,6 @@ fn head(conn: &Connection, path: &Path) -> Result<(u64, String), AuditError> {
         .unwrap_or((0, GENESIS.to_owned())))
 }
 
-fn write_batch(
-    conn: &Connection,
-    head: &(u64, String),
-    jobs: &[Job],
-) -> rusqlite::Result<Vec<AuditRecord>> {
-    in_transaction(conn, "BEGIN", |conn| insert_batch(conn, head, jobs))
-}
-
 /// Runs `body` in a transaction opened with `begin` ("BEGIN", "BEGIN IMMEDIATE"), committed
 /// when it succeeds and rolled back when it fails. BEGIN and COMMIT are cached statements:
 /// parsed once, not at every transaction.
@@ -435,19 +470,13 @@ fn in_transaction<T>(
     done
 }
 
-fn insert_batch(
-    conn: &Connection,
-    head: &(u64, String),
-    jobs: &[Job],
-) -> rusqlite::Result<Vec<AuditRecord>> {
-    let mut out = Vec::with_capacity(jobs.len());
-    let mut ins = conn.prepare_cached(&format!(
-        "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
-    ))?;
-    let (mut seq, mut prev) = head.clone();
-    for j in jobs {
-        seq += 1;
-        let r = AuditRecord::from_entry(j.entry.clone(), seq, &prev);
+fn insert_records(conn: &Connection, records: &[AuditRecord]) -> rusqlite::Result<()> {
+    let mut ins = conn.prepare_cached(
+        "INSERT INTO audit (seq, phase, call_seq, message_id, correlation_id, caller, method, subject, token_ids, \
+         decision, reason, grpc_status, received_at_us, duration_us, request_bytes, response_bytes, trace_id, \
+         prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+    )?;
+    for r in records {
         ins.execute(params![
             r.seq as i64,
             r.phase.as_str(),
@@ -469,19 +498,15 @@ fn insert_batch(
             r.prev_hash,
             r.hash,
         ])?;
-        prev = r.hash.clone();
-        out.push(r);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Most records one [`index_subjects`] transaction covers.
 const INDEX_CHUNK: i64 = 20_000;
 
-/// Fills the subject index for the records committed since it was last filled, at most
-/// `INDEX_CHUNK` of them, in one transaction (rows inserted in key order: neighbouring keys
-/// share pages). Returns how many records it covered. The index is derived data: the
-/// records are durable without it, and the queries read the records it does not cover yet.
+/// Adds the records after `audit_indexed.upto` (at most [`INDEX_CHUNK`]) to the subject
+/// index, in key order, and moves the mark; returns how many records it covered.
 fn index_subjects(conn: &Connection) -> rusqlite::Result<usize> {
     in_transaction(conn, "BEGIN IMMEDIATE", |conn| {
         let upto: i64 = conn.query_row("SELECT upto FROM audit_indexed WHERE id = 1", [], |r| r.get(0))?;
@@ -513,37 +538,44 @@ fn index_subjects(conn: &Connection) -> rusqlite::Result<usize> {
     })
 }
 
-/// The writing end: the connection and the head of the chain.
+/// The writing end: the open journal file and the head of the chain.
 struct Writer {
-    conn: Connection,
+    journal: Journal,
     head: (u64, String),
     path: PathBuf,
     depth: Arc<AtomicI64>,
+    /// `synchronous = full`: an fdatasync per group.
+    durable: bool,
+    buf: Vec<u8>,
 }
 
 impl Writer {
-    /// Commits `jobs` in one transaction and answers each: its `seq`, or the batch's error
-    /// (the head of the chain then stays where it was).
+    /// Writes `jobs` to the journal in one write and answers each: its `seq`, or the
+    /// group's error (the head of the chain then stays where it was).
     fn commit(&mut self, jobs: &mut Vec<Job>) {
         let n = jobs.len() as i64;
-        let written = write_batch(&self.conn, &self.head, jobs);
+        let (mut seq, mut prev) = self.head.clone();
+        let mut seqs = Vec::with_capacity(jobs.len());
+        self.buf.clear();
+        for j in jobs.iter() {
+            seq += 1;
+            let r = AuditRecord::from_entry(j.entry.clone(), seq, &prev);
+            journal::encode(&r, &mut self.buf);
+            seqs.push(seq);
+            prev = r.hash;
+        }
+        let written = self.journal.append(&self.buf, self.durable);
         self.depth.fetch_sub(n, Ordering::Relaxed);
         match written {
-            Ok(recs) => {
-                if let Some(last) = recs.last() {
-                    self.head = (last.seq, last.hash.clone());
-                }
-                for (j, r) in jobs.drain(..).zip(recs) {
-                    let _ = j.done.send(Ok(r.seq));
+            Ok(()) => {
+                self.head = (seq, prev);
+                for (j, seq) in jobs.drain(..).zip(seqs) {
+                    let _ = j.done.send(Ok(seq));
                 }
             }
             Err(e) => {
-                tracing::error!(path = %self.path.display(), error = %e, records = n, "audit batch not committed; its calls are refused");
-                // Rolled back; re-read the head in case of doubt.
-                if let Ok(h) = self::head(&self.conn, &self.path) {
-                    self.head = h;
-                }
-                let why = e.to_string();
+                tracing::error!(path = %self.path.display(), error = %e, records = n, "audit records not written; their calls are refused");
+                let why = format!("cannot write the journal: {e}");
                 for j in jobs.drain(..) {
                     let _ = j.done.send(Err(why.clone()));
                 }
@@ -553,8 +585,8 @@ impl Writer {
 }
 
 /// Records waiting for a commit, and the writer, taken by whichever caller finds it free
-/// (`synchronous = normal`: a commit is a write to the WAL, short enough to run where the
-/// call runs, without handing it to a thread and back).
+/// (`synchronous = normal`: a commit is a write to the journal, short enough to run where
+/// the call runs, without handing it to a thread and back).
 struct Inline {
     queue: Mutex<Vec<Job>>,
     writer: Mutex<Writer>,
@@ -601,88 +633,235 @@ enum Sink {
 }
 
 /// The writer as the maintenance thread reaches it, without keeping the log open.
+#[derive(Clone)]
 enum WriterRef {
     Inline(Weak<Inline>),
     Thread(Weak<Mutex<Writer>>),
 }
 
 impl WriterRef {
-    /// With the writer's connection, so that no commit waits for another connection's
-    /// lock: fills the subject index, then checkpoints what is left in the WAL. No commit
-    /// can land meanwhile, so the checkpoint is complete (unless a reader elsewhere holds
-    /// an older snapshot) and the next commit writes the WAL from its start again; without
-    /// that, a bus that never pauses would grow its WAL forever. `None` once the log is
-    /// closed. Records queued meanwhile (`synchronous = normal`) are committed before it
-    /// returns.
-    fn maintain(&self) -> Option<rusqlite::Result<usize>> {
-        let work = |w: &Writer| {
-            let n = index_subjects(&w.conn)?;
-            checkpoint(&w.conn)?;
-            Ok(n)
-        };
+    /// Runs `f` with the writer held (no commit meanwhile); `None` once the log is closed.
+    /// Records queued meanwhile (`synchronous = normal`) are committed before it returns.
+    fn with<T>(&self, f: impl FnOnce(&mut Writer) -> T) -> Option<T> {
         match self {
             WriterRef::Inline(w) => {
                 let inline = w.upgrade()?;
-                let r = work(&inline.writer.lock().unwrap_or_else(|p| p.into_inner()));
+                let r = f(&mut inline.writer.lock().unwrap_or_else(|p| p.into_inner()));
                 inline.drain();
                 Some(r)
             }
             WriterRef::Thread(w) => {
                 let writer = w.upgrade()?;
-                let r = work(&writer.lock().unwrap_or_else(|p| p.into_inner()));
+                let r = f(&mut writer.lock().unwrap_or_else(|p| p.into_inner()));
                 Some(r)
             }
         }
     }
 }
 
-fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+/// The SQLite archive, as the maintenance thread (or [`AuditLog::flush`]) writes it.
+struct Archive {
+    conn: Connection,
+    path: PathBuf,
+    durable: bool,
+    /// The next journal file, created ahead so that switching to it costs a commit nothing.
+    spare: Option<Journal>,
+    /// The last problem logged, so that one that persists is not logged every pass.
+    last_problem: Option<String>,
+    /// The lock file, held (one bus per log) until the log is closed.
+    lock: Option<std::fs::File>,
+    /// Everything moved and the lock let go: nothing more to do.
+    closed: bool,
 }
 
-/// Every `every`, off the commit path, until the log is closed: fills the subject index
-/// for the records committed since (see [`index_subjects`]), then checkpoints the WAL into
-/// the database from its own connection (the writer's does not checkpoint, so no commit
-/// waits for one).
-fn spawn_maintenance(path: PathBuf, busy_ms: u64, writer: WriterRef, every: std::time::Duration) -> Result<(), AuditError> {
-    let conn = Connection::open(&path).map_err(sqlite(&path))?;
-    conn.busy_timeout(std::time::Duration::from_millis(busy_ms))
-        .map_err(sqlite(&path))?;
-    let p = path.clone();
-    std::thread::Builder::new()
-        .name("shep-audit-maintenance".into())
-        .spawn(move || {
-            let path = p;
-            loop {
-                std::thread::sleep(every);
-                // The bulk of the copy while commits go on; the rest under the writer.
-                if let Err(e) = checkpoint(&conn) {
-                    tracing::warn!(path = %path.display(), error = %e, "audit checkpoint failed; tried again later");
+impl Archive {
+    /// Moves the records of the journal files older than `current` (all of them when
+    /// `None`) into the archive, in one transaction, then deletes the files. Records the
+    /// archive already holds (a move cut short after its commit) are skipped; the others
+    /// must continue its chain. A torn record at the end of a file (a write cut short by a
+    /// crash: its call was never answered) is dropped.
+    fn move_journals(&mut self, current: Option<u64>) -> Result<u64, AuditError> {
+        let files: Vec<(u64, PathBuf)> = journal::list(&self.path)
+            .map_err(io_error(&self.path, "cannot list its journal files"))?
+            .into_iter()
+            .filter(|(g, _)| current.is_none_or(|c| *g < c))
+            .filter(|(g, _)| self.spare.as_ref().is_none_or(|s| s.number != *g))
+            .collect();
+        if files.is_empty() {
+            return Ok(0);
+        }
+        let (mut seq, mut prev) = head(&self.conn, &self.path)?;
+        let mut fresh = vec![];
+        for (_, file) in &files {
+            let bytes = std::fs::read(file).map_err(io_error(file, "cannot read"))?;
+            let parsed = journal::parse(&bytes);
+            if let Some((at, why)) = parsed.damage {
+                return Err(AuditError::Other {
+                    path: file.clone(),
+                    why: format!("damaged at byte {at} (after record {}): {why}", parsed.records.last().map_or(seq, |r| r.seq)),
+                });
+            }
+            if parsed.torn {
+                tracing::warn!(file = %file.display(), "audit journal ends in a record cut short (a crash while writing it); that record's call was never answered");
+            }
+            for r in parsed.records {
+                if r.seq <= seq {
+                    continue;
                 }
-                match writer.maintain() {
-                    None => return,
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::warn!(path = %path.display(), error = %e, "audit subject index or checkpoint not done; tried again later")
-                    }
+                if let Err((bad, why)) = check_chain(std::iter::once(&r), seq + 1, &prev) {
+                    return Err(AuditError::Other {
+                        path: file.clone(),
+                        why: format!("record {bad} does not continue the archive's chain: {why}"),
+                    });
+                }
+                seq = r.seq;
+                prev = r.hash.clone();
+                fresh.push(r);
+            }
+        }
+        let n = fresh.len() as u64;
+        if n > 0 {
+            in_transaction(&self.conn, "BEGIN IMMEDIATE", |c| insert_records(c, &fresh)).map_err(sqlite(&self.path))?;
+        }
+        for (_, file) in &files {
+            std::fs::remove_file(file).map_err(io_error(file, "cannot delete a moved journal"))?;
+        }
+        Ok(n)
+    }
+
+    /// One pass: switches the writer to a new journal file, moves the closed ones into the
+    /// archive, fills the subject index and checkpoints the archive's WAL (complete: this
+    /// connection is its only writer). `None` once the log is closed (everything moved).
+    fn pass(&mut self, writer: &WriterRef) -> Option<Result<u64, AuditError>> {
+        if self.spare.is_none() {
+            let next = journal::list(&self.path)
+                .map_err(io_error(&self.path, "cannot list its journal files"))
+                .map(|l| l.last().map_or(1, |(g, _)| g + 1));
+            match next.and_then(|g| {
+                Journal::create(&self.path, g, self.durable).map_err(io_error(&self.path, "cannot create a journal file"))
+            }) {
+                Ok(j) => self.spare = Some(j),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        let spare = &mut self.spare;
+        let current = writer.with(|w| {
+            if w.journal.len > 0
+                && let Some(next) = spare.take()
+            {
+                w.journal = next;
+            }
+            w.journal.number
+        });
+        let moved = self.move_journals(current);
+        let closed = current.is_none();
+        let r = moved.and_then(|n| {
+            index_subjects(&self.conn).map_err(sqlite(&self.path))?;
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .map_err(sqlite(&self.path))?;
+            Ok(n)
+        });
+        if closed {
+            self.closed = true;
+            if let Some(j) = self.spare.take() {
+                let _ = std::fs::remove_file(journal::file_of(&self.path, j.number));
+            }
+            if let Err(e) = &r {
+                tracing::error!(path = %self.path.display(), error = %e, "audit journal not moved into the archive at close; the next open moves it");
+            }
+            return None;
+        }
+        Some(r)
+    }
+
+    /// Logs a failed pass once per distinct problem.
+    fn report(&mut self, r: &Result<u64, AuditError>) {
+        match r {
+            Ok(_) => self.last_problem = None,
+            Err(e) => {
+                let why = e.to_string();
+                if self.last_problem.as_deref() != Some(&why) {
+                    tracing::error!(path = %self.path.display(), error = %why, "audit journal not moved into the archive; tried again every pass");
+                    self.last_problem = Some(why);
                 }
             }
+        }
+    }
+}
+
+/// Every `every`, off the commit path, until the log is closed: a [`Archive::pass`].
+fn spawn_maintenance(archive: Arc<Mutex<Archive>>, writer: WriterRef, every: std::time::Duration) -> Result<(), AuditError> {
+    let path = archive.lock().unwrap_or_else(|p| p.into_inner()).path.clone();
+    std::thread::Builder::new()
+        .name("shep-audit-maintenance".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            let mut a = archive.lock().unwrap_or_else(|p| p.into_inner());
+            if a.closed {
+                return;
+            }
+            match a.pass(&writer) {
+                None => return,
+                Some(r) => a.report(&r),
+            }
         })
-        .map_err(|e| AuditError::Other { path: path.clone(), why: format!("cannot start the maintenance thread: {e}") })?;
+        .map_err(|e| AuditError::Other { path, why: format!("cannot start the maintenance thread: {e}") })?;
     Ok(())
 }
 
 impl AuditLog {
-    /// Opens the log and starts its writer thread (`synchronous = full`) and its
-    /// maintenance thread. Fails when the file cannot be opened, switched to WAL or given
-    /// its schema.
+    /// Opens the log: takes its lock file (one bus per log), opens the archive, moves into
+    /// it what journal files a stopped bus left, opens a new journal file, and starts the
+    /// writer thread (`synchronous = full`) and the maintenance thread. Fails when another
+    /// process has the log open, a file cannot be opened or created, or a journal left
+    /// behind is damaged (the records must not be lost or skipped: the error names the
+    /// file and where, for a person to look at).
     pub fn open(settings: &AuditSettings) -> Result<AuditLog, AuditError> {
-        let conn = open_writer(settings)?;
         let path = settings.path.clone();
-        let head = head(&conn, &path)?;
+        let conn = open_archive(settings)?;
+        let lock_path = journal::lock_file(&path);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error(&lock_path, "cannot open the lock file"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(AuditError::Other {
+                    path: path.clone(),
+                    why: "in use by another process (one bus per audit log)".into(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_error(&lock_path, "cannot lock")(e)),
+        }
+        let durable = settings.synchronous == Synchronous::Full;
+        let mut archive = Archive {
+            conn,
+            path: path.clone(),
+            durable,
+            spare: None,
+            last_problem: None,
+            lock: Some(lock),
+            closed: false,
+        };
+        archive.move_journals(None)?;
+        index_subjects(&archive.conn).map_err(sqlite(&path))?;
+        let head = head(&archive.conn, &path)?;
+        let journal = Journal::create(&path, 1, durable).map_err(io_error(&path, "cannot create a journal file"))?;
         let depth = Arc::new(AtomicI64::new(0));
-        let writer = Writer { conn, head, path: path.clone(), depth: depth.clone() };
+        let writer = Writer {
+            journal,
+            head,
+            path: path.clone(),
+            depth: depth.clone(),
+            durable,
+            buf: Vec::with_capacity(4096),
+        };
         let batch_max = settings.batch_max;
+        let mut writer_thread = None;
         let (sink, writer_ref) = match settings.synchronous {
             Synchronous::Normal => {
                 let inline = Arc::new(Inline {
@@ -697,7 +876,7 @@ impl AuditLog {
                 let writer = Arc::new(Mutex::new(writer));
                 let r = WriterRef::Thread(Arc::downgrade(&writer));
                 let (tx, mut rx) = mpsc::channel::<Job>(settings.queue_capacity);
-                std::thread::Builder::new()
+                let t = std::thread::Builder::new()
                     .name("shep-audit-writer".into())
                     .spawn(move || {
                         let mut jobs = Vec::with_capacity(batch_max);
@@ -713,11 +892,18 @@ impl AuditLog {
                         }
                     })
                     .map_err(|e| AuditError::Other { path: path.clone(), why: format!("cannot start the writer: {e}") })?;
+                writer_thread = Some(t);
                 (Sink::Thread(tx), r)
             }
         };
-        spawn_maintenance(path.clone(), settings.busy_timeout_ms, writer_ref, MAINTENANCE_EVERY)?;
-        Ok(AuditLog { sink, depth, path })
+        let archive = Arc::new(Mutex::new(archive));
+        spawn_maintenance(archive.clone(), writer_ref.clone(), MAINTENANCE_EVERY)?;
+        let closer = Arc::new(Closer {
+            archive: archive.clone(),
+            writer: writer_ref.clone(),
+            writer_thread: Mutex::new(writer_thread),
+        });
+        Ok(AuditLog { sink, depth, path, archive, writer: writer_ref, _closer: closer })
     }
 
     /// Appends a record and waits until it is committed; returns its `seq`.
@@ -747,6 +933,15 @@ impl AuditLog {
         }
     }
 
+    /// Moves every record committed so far into the archive now (blocking; the
+    /// maintenance thread does it every 200 ms anyway). Returns how many it moved.
+    pub fn flush(&self) -> Result<u64, AuditError> {
+        let mut a = self.archive.lock().unwrap_or_else(|p| p.into_inner());
+        let r = a.pass(&self.writer).unwrap_or(Ok(0));
+        a.report(&r);
+        r
+    }
+
     /// Records waiting for (or in) a commit.
     pub fn queue_depth(&self) -> i64 {
         self.depth.load(Ordering::Relaxed)
@@ -755,6 +950,51 @@ impl AuditLog {
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// The records in the journal files: committed, and not yet moved into the archive (or
+/// moved after the files were listed: a reader drops those it finds in the archive too).
+/// Read *before* the archive, so that a record moved meanwhile is found in one or the other.
+struct Pending {
+    records: Vec<AuditRecord>,
+    /// Where the journal stops making records (a file and what is wrong), other than a
+    /// write cut short at the end of the last file.
+    damage: Option<String>,
+}
+
+fn pending(path: &Path) -> Result<Pending, AuditError> {
+    let files = journal::list(path).map_err(io_error(path, "cannot list its journal files"))?;
+    let read = |file: &Path| match std::fs::read(file) {
+        // Moved into the archive and deleted since it was listed.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        r => r.map_err(io_error(file, "cannot read")),
+    };
+    let mut contents = files.iter().map(|(_, f)| read(f)).collect::<Result<Vec<_>, _>>()?;
+    let last_with_data = contents.iter().rposition(|b| !b.is_empty()).unwrap_or(0);
+    let mut p = Pending { records: vec![], damage: None };
+    for (i, (_, file)) in files.iter().enumerate() {
+        let mut parsed = journal::parse(&contents[i]);
+        if parsed.torn && i < last_with_data {
+            // A write in progress when the file was read, finished before the writer moved
+            // on to the next file: read it again. (A torn record that stays torn was never
+            // acknowledged; if it was, the chain shows the gap.)
+            contents[i] = read(file)?;
+            parsed = journal::parse(&contents[i]);
+        }
+        p.records.extend(parsed.records);
+        if let Some((at, why)) = parsed.damage {
+            p.damage = Some(format!("journal {} damaged at byte {at}: {why}", file.display()));
+            break;
+        }
+    }
+    Ok(p)
+}
+
+impl Pending {
+    /// The records after the archive's head `seq`.
+    fn after(self, seq: u64) -> impl Iterator<Item = AuditRecord> {
+        self.records.into_iter().filter(move |r| r.seq > seq)
     }
 }
 
@@ -791,6 +1031,19 @@ pub struct VerifyReport {
     /// The last record's hash ([`GENESIS`] for an empty log). Keep it elsewhere: a later
     /// verification whose chain does not reach it shows the log was truncated.
     pub head_hash: String,
+}
+
+impl VerifyReport {
+    fn broken(records: u64, bad: u64, problem: String, head_seq: u64, head_hash: String) -> VerifyReport {
+        VerifyReport {
+            intact: false,
+            records,
+            first_bad_seq: Some(bad),
+            problem: Some(problem),
+            head_seq,
+            head_hash,
+        }
+    }
 }
 
 /// Pure check of records read in `seq` order, starting at `expected` after a record whose
@@ -855,6 +1108,7 @@ pub fn check_chain<'a>(
 /// Checks the whole chain of the log at `path`, and that the subject index agrees with
 /// the records. Names the first record altered, removed or reordered.
 pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
+    let journal = pending(path)?;
     let conn = open_read(path)?;
     let s = sqlite(path);
     // One snapshot for the records, the index and how far it covers them.
@@ -871,14 +1125,7 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
     for row in rows {
         let r = row.map_err(&s)?;
         if let Err((bad, problem)) = check_chain(std::iter::once(&r), expected, &prev) {
-            return Ok(VerifyReport {
-                intact: false,
-                records: n,
-                first_bad_seq: Some(bad),
-                problem: Some(problem),
-                head_seq: expected - 1,
-                head_hash: prev,
-            });
+            return Ok(VerifyReport::broken(n, bad, problem, expected - 1, prev));
         }
         if r.seq as i64 <= upto {
             for sub in r.subjects() {
@@ -907,14 +1154,21 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
             .map(|(_, seq)| *seq)
             .min()
             .unwrap_or(0);
-        return Ok(VerifyReport {
-            intact: false,
-            records: n,
-            first_bad_seq: Some(bad),
-            problem: Some(format!("the subject index disagrees with record {bad}")),
-            head_seq: expected - 1,
-            head_hash: prev,
-        });
+        let problem = format!("the subject index disagrees with record {bad}");
+        return Ok(VerifyReport::broken(n, bad, problem, expected - 1, prev));
+    }
+    // Then the records still in the journal, continuing the archive's chain.
+    let damage = journal.damage.clone();
+    for r in journal.after(expected - 1) {
+        if let Err((bad, problem)) = check_chain(std::iter::once(&r), expected, &prev) {
+            return Ok(VerifyReport::broken(n, bad, problem, expected - 1, prev));
+        }
+        prev = r.hash;
+        expected += 1;
+        n += 1;
+    }
+    if let Some(problem) = damage {
+        return Ok(VerifyReport::broken(n, expected, problem, expected - 1, prev));
     }
     Ok(VerifyReport {
         intact: true,
@@ -939,6 +1193,7 @@ fn indexed_upto(conn: &Connection) -> rusqlite::Result<i64> {
 /// record when there is one (final status, duration, sizes), else its decision record (a
 /// refusal, or a call whose completion was never written).
 pub fn subject_accesses(path: &Path, iin: &str) -> Result<Vec<AuditRecord>, AuditError> {
+    let journal = pending(path)?;
     let conn = open_read(path)?;
     let s = sqlite(path);
     let cols = COLUMNS
@@ -956,26 +1211,37 @@ pub fn subject_accesses(path: &Path, iin: &str) -> Result<Vec<AuditRecord>, Audi
              ORDER BY 1"
         ))
         .map_err(&s)?;
-    let rows: Vec<AuditRecord> = stmt
+    conn.execute_batch("BEGIN").map_err(&s)?;
+    let mut rows: Vec<AuditRecord> = stmt
         .query_map(params![iin, upto], row_to_record)
         .map_err(&s)?
         .collect::<Result<_, _>>()
         .map_err(&s)?;
+    let (head, _) = head(&conn, path)?;
+    rows.extend(journal.after(head).filter(|r| r.subjects().any(|x| x == iin)));
     Ok(one_per_call(rows))
 }
 
 /// How many records each (caller, method) left, most first: where a run's calls went.
 pub fn records_by_method(path: &Path) -> Result<Vec<(String, String, u64)>, AuditError> {
+    let journal = pending(path)?;
     let conn = open_read(path)?;
     let s = sqlite(path);
+    conn.execute_batch("BEGIN").map_err(&s)?;
     let mut stmt = conn
-        .prepare("SELECT caller, method, count(*) AS n FROM audit GROUP BY caller, method ORDER BY n DESC, caller, method")
+        .prepare("SELECT caller, method, count(*) AS n FROM audit GROUP BY caller, method")
         .map_err(&s)?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))
+    let mut counts: std::collections::BTreeMap<(String, String), u64> = stmt
+        .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get::<_, i64>(2)? as u64)))
         .map_err(&s)?
         .collect::<Result<_, _>>()
         .map_err(&s)?;
+    let (head, _) = head(&conn, path)?;
+    for r in journal.after(head) {
+        *counts.entry((r.caller, r.method)).or_default() += 1;
+    }
+    let mut rows: Vec<(String, String, u64)> = counts.into_iter().map(|((c, m), n)| (c, m, n)).collect();
+    rows.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
     Ok(rows)
 }
 
@@ -996,19 +1262,30 @@ pub fn query(
     caller: Option<&str>,
     limit: u32,
 ) -> Result<Vec<AuditRecord>, AuditError> {
+    let journal = pending(path)?;
     let conn = open_read(path)?;
     let s = sqlite(path);
     let lim: i64 = if limit == 0 { -1 } else { limit as i64 };
+    conn.execute_batch("BEGIN").map_err(&s)?;
     let mut stmt = conn
         .prepare(&format!(
             "SELECT {COLUMNS} FROM audit WHERE seq > ?1 AND (?2 IS NULL OR caller = ?2) ORDER BY seq LIMIT ?3"
         ))
         .map_err(&s)?;
-    let rows = stmt
+    let mut rows: Vec<AuditRecord> = stmt
         .query_map(params![after_seq as i64, caller, lim], row_to_record)
         .map_err(&s)?
         .collect::<Result<_, _>>()
         .map_err(&s)?;
+    let (head, _) = head(&conn, path)?;
+    rows.extend(
+        journal
+            .after(head.max(after_seq))
+            .filter(|r| caller.is_none_or(|c| r.caller == c)),
+    );
+    if limit > 0 {
+        rows.truncate(limit as usize);
+    }
     Ok(rows)
 }
 
@@ -1178,7 +1455,7 @@ mod tests {
         assert!(c.execute("DELETE FROM audit", []).is_err());
     }
 
-    /// A log of `n` records, its subject index filled.
+    /// A log of `n` records, closed: all in the archive, its subject index filled.
     fn log_of(n: u32) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(dir.path());
@@ -1188,7 +1465,11 @@ mod tests {
                 log.append(entry(i, "900515300018")).await.unwrap();
             }
         });
-        assert_eq!(index_subjects(&raw(&s.path)).unwrap(), n as usize);
+        let c = raw(&s.path);
+        let archived: i64 = c.query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap();
+        assert_eq!(archived, n as i64);
+        assert_eq!(index_subjects(&c).unwrap(), 0, "indexed at close");
+        assert!(journal::list(&s.path).unwrap().is_empty(), "no journal left");
         (dir, s.path)
     }
 
@@ -1207,13 +1488,15 @@ mod tests {
         let c = raw(&s.path);
         let count = |c: &Connection| c.query_row("SELECT count(*) FROM audit_subject", [], |r| r.get::<_, i64>(0)).unwrap();
         let seqs = |p: &Path, who: &str| subject_accesses(p, who).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>();
+        // Closing the log moved the records into the archive and indexed them; undo the index.
+        assert_eq!(count(&c), 9);
+        c.execute("UPDATE audit_indexed SET upto = 0", []).unwrap();
+        c.execute("DELETE FROM audit_subject", []).unwrap();
         // Before the index covers them, the records are found all the same.
         let before = (seqs(&s.path, a), seqs(&s.path, b));
         assert_eq!(before, (vec![1, 2, 3, 4, 5, 6], vec![2, 4, 6]));
         assert!(verify(&s.path).unwrap().intact);
-        // Covered in two steps: found the same way, and verified.
-        c.execute("UPDATE audit_indexed SET upto = 0", []).unwrap();
-        c.execute("DELETE FROM audit_subject", []).unwrap();
+        // Covered: found the same way, and verified.
         assert_eq!(index_subjects(&c).unwrap(), 6);
         assert_eq!(count(&c), 9);
         assert_eq!(index_subjects(&c).unwrap(), 0, "nothing left");
@@ -1345,14 +1628,6 @@ mod tests {
         assert!(rep.problem.unwrap().contains("subject index"));
     }
 
-    #[test]
-    fn a_locked_database_fails_the_batch_not_the_writer() {
-        for synchronous in [Synchronous::Full, Synchronous::Normal] {
-            let dir = tempfile::tempdir().unwrap();
-            let s = AuditSettings { synchronous, ..settings(dir.path()) };
-            a_locked_database_fails_the_batch_not_the_writer_in(&s);
-        }
-    }
 
     /// Records committed by the callers themselves, while others queue theirs: each gets its
     /// own `seq`, none is left waiting, and the subject index is filled and the WAL
@@ -1408,48 +1683,136 @@ mod tests {
         drop(log);
     }
 
-    /// The WAL is written from its start again once it was checkpointed, even when
-    /// commits never pause: a bus that runs for months does not grow a WAL the size of
-    /// everything it ever wrote.
+    /// Under commits that never pause, the journal files are moved into the archive and
+    /// deleted pass after pass, and the archive's WAL is written from its start again after
+    /// each (a WAL checkpointed while commits race it never restarts and grows forever).
     #[test]
-    fn the_wal_is_reused_under_constant_commits() {
+    fn journals_are_moved_and_the_wal_reused_under_constant_commits() {
         for synchronous in [Synchronous::Full, Synchronous::Normal] {
             let dir = tempfile::tempdir().unwrap();
             let s = AuditSettings { synchronous, ..settings(dir.path()) };
             let wal = s.path.with_extension("sqlite-wal");
             let log = AuditLog::open(&s).unwrap();
             let mut sizes = vec![];
+            let mut i = 0;
             rt().block_on(async {
-                let mut i = 0;
-                for _ in 0..10 {
+                for _ in 0..8 {
                     let until = std::time::Instant::now() + MAINTENANCE_EVERY * 2;
                     while std::time::Instant::now() < until {
                         i += 1;
                         log.append(entry(i, "900515300018")).await.unwrap();
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                     }
-                    sizes.push(std::fs::metadata(&wal).unwrap().len());
+                    sizes.push(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+                    let files = journal::list(&s.path).unwrap().len();
+                    assert!(files <= 3, "{synchronous:?}: {files} journal files: they are not moved");
                 }
             });
-            eprintln!("{synchronous:?}: {sizes:?}");
-            assert!(sizes[9] < sizes[2] * 2, "{synchronous:?}: the WAL grew with every round: {sizes:?}");
+            assert!(sizes[7] < sizes[2] * 2, "{synchronous:?}: the WAL grew with every round: {sizes:?}");
             drop(log);
+            let rep = verify(&s.path).unwrap();
+            assert!(rep.intact && rep.records == i as u64, "{rep:?}");
         }
     }
 
-    fn a_locked_database_fails_the_batch_not_the_writer_in(s: &AuditSettings) {
+    /// Another process holding the archive's write lock delays the move into the archive,
+    /// not the commits: the calls go on, and the records move once the lock is let go.
+    #[test]
+    fn a_locked_archive_delays_the_move_not_the_commits() {
+        for synchronous in [Synchronous::Full, Synchronous::Normal] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = AuditSettings { synchronous, ..settings(dir.path()) };
+            rt().block_on(async {
+                let log = AuditLog::open(&s).unwrap();
+                assert_eq!(log.append(entry(1, "")).await.unwrap(), 1);
+                let other = Connection::open(&s.path).unwrap();
+                other.execute_batch("BEGIN IMMEDIATE;").unwrap();
+                assert_eq!(log.append(entry(2, "")).await.unwrap(), 2);
+                let e = log.flush().unwrap_err();
+                assert!(e.to_string().contains("locked"), "{e}");
+                assert_eq!(verify(&s.path).unwrap().records, 2, "found in the journal");
+                other.execute_batch("ROLLBACK;").unwrap();
+                assert_eq!(log.append(entry(3, "")).await.unwrap(), 3);
+                log.flush().unwrap();
+                let archived: i64 = raw(&s.path).query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap();
+                assert_eq!(archived, 3);
+            });
+            assert!(verify(&s.path).unwrap().intact);
+        }
+    }
+
+    /// Journal files as a killed bus leaves them: `n` records after the archive's head in
+    /// two files, the second ending in a record cut short; `alter` changes one record's
+    /// content after it was hashed.
+    fn leave_journal(path: &Path, n: u64, alter: Option<u64>) {
+        let head = verify(path).unwrap();
+        let (mut seq, mut prev) = (head.head_seq, head.head_hash);
+        let mut files = [vec![], vec![]];
+        for k in 0..n {
+            seq += 1;
+            let mut r = AuditRecord::from_entry(entry(100 + k as u32, "900515300018"), seq, &prev);
+            prev = r.hash.clone();
+            if alter == Some(seq) {
+                r.caller = "mallory".into();
+            }
+            journal::encode(&r, &mut files[(2 * k / n) as usize]);
+        }
+        let mut torn = vec![];
+        journal::encode(&AuditRecord::from_entry(entry(999, ""), seq + 1, &prev), &mut torn);
+        files[1].extend_from_slice(&torn[..torn.len() / 2]);
+        std::fs::write(journal::file_of(path, 7), &files[0]).unwrap();
+        std::fs::write(journal::file_of(path, 8), &files[1]).unwrap();
+    }
+
+    #[test]
+    fn records_a_killed_bus_left_in_its_journal_are_read_and_moved_at_open() {
+        let (_dir, p) = log_of(3);
+        leave_journal(&p, 4, None);
+        // Readers see them before any bus moves them; the torn record is no record.
+        let rep = verify(&p).unwrap();
+        assert!(rep.intact && rep.records == 7 && rep.head_seq == 7, "{rep:?}");
+        assert_eq!(subject_accesses(&p, "900515300018").unwrap().len(), 7);
+        assert_eq!(query(&p, 5, None, 0).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![6, 7]);
+        assert_eq!(query(&p, 0, None, 4).unwrap().len(), 4);
+        assert_eq!(records_by_method(&p).unwrap()[0].2, 7);
+        // The next bus moves them into the archive and goes on after them.
+        let s = settings(p.parent().unwrap());
         rt().block_on(async {
-            let log = AuditLog::open(s).unwrap();
-            assert_eq!(log.append(entry(1, "")).await.unwrap(), 1);
-            // Another process holds the write lock.
-            let other = Connection::open(&s.path).unwrap();
-            other.execute_batch("BEGIN IMMEDIATE;").unwrap();
-            let e = log.append(entry(2, "")).await.unwrap_err();
-            assert!(e.to_string().contains("locked"), "{e}");
-            other.execute_batch("ROLLBACK;").unwrap();
-            // The chain goes on where it was.
-            assert_eq!(log.append(entry(3, "")).await.unwrap(), 2);
+            let log = AuditLog::open(&s).unwrap();
+            assert_eq!(log.append(entry(50, "")).await.unwrap(), 8);
         });
-        assert!(verify(&s.path).unwrap().intact);
+        let archived: i64 = raw(&p).query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap();
+        assert_eq!(archived, 8);
+        assert!(journal::list(&p).unwrap().is_empty());
+        let rep = verify(&p).unwrap();
+        assert!(rep.intact && rep.records == 8, "{rep:?}");
+    }
+
+    #[test]
+    fn an_altered_journal_record_is_named_and_the_log_does_not_open() {
+        let (_dir, p) = log_of(3);
+        leave_journal(&p, 4, Some(5));
+        let rep = verify(&p).unwrap();
+        assert!(!rep.intact);
+        assert_eq!(rep.first_bad_seq, Some(5), "{rep:?}");
+        let e = AuditLog::open(&settings(p.parent().unwrap())).unwrap_err().to_string();
+        assert!(e.contains("journal.0000000007") && e.contains("record 5 altered"), "{e}");
+        // Nothing was moved or deleted: the evidence stays for a person to look at.
+        assert_eq!(journal::list(&p).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn one_bus_per_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        let first = AuditLog::open(&s).unwrap();
+        let e = AuditLog::open(&s).unwrap_err().to_string();
+        assert!(e.contains("in use by another process"), "{e}");
+        drop(first);
+        rt().block_on(async {
+            let again = AuditLog::open(&s).unwrap();
+            assert_eq!(again.append(entry(1, "")).await.unwrap(), 1);
+        });
     }
 
     #[test]
