@@ -658,7 +658,7 @@ type Finishing = Pin<Box<dyn Future<Output = (HeaderMap, bool)> + Send>>;
 /// trailers, or the bus's status when the stream broke, the deadline passed or a message
 /// was too large) waits for the completion record.
 struct ResponseBody {
-    inner: Option<hyper::body::Incoming>,
+    inner: Option<crate::upstream_client::UpstreamBody>,
     upstream: Upstream,
     deadline: Option<Pin<Box<Sleep>>>,
     scan: FrameScanner,
