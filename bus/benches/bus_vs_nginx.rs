@@ -21,7 +21,7 @@
 //! (a) and (c). The targets are measured in turn, in `SHEP_BENCH_ROUNDS` rounds (3), and
 //! each target's median round is reported (runs on a shared machine vary by a fifth). Takes
 //! about two minutes. Knobs: `SHEP_BENCH_CONCURRENCY` (32), `SHEP_BENCH_SECONDS` (6),
-//! `SHEP_BENCH_WARMUP` (1), `SHEP_BENCH_SERIAL_SECONDS` (2), `SHEP_BENCH_ONLY` (`a`, `b`, `b'`
+//! `SHEP_BENCH_WARMUP` (1), `SHEP_BENCH_SERIAL_SECONDS` (4), `SHEP_BENCH_ONLY` (`a`, `b`, `b'`
 //! or `c`: one target, for profiling), `SHEP_BENCH_SUBJECTS` (1000: distinct subjects and
 //! tokens, cycled through).
 //!
@@ -468,7 +468,7 @@ async fn run() {
     let concurrency = env_u64("SHEP_BENCH_CONCURRENCY", 32) as usize;
     let measure = Duration::from_secs(env_u64("SHEP_BENCH_SECONDS", 6));
     let warmup = Duration::from_secs(env_u64("SHEP_BENCH_WARMUP", 1));
-    let serial = Duration::from_secs(env_u64("SHEP_BENCH_SERIAL_SECONDS", 2));
+    let serial = Duration::from_secs(env_u64("SHEP_BENCH_SERIAL_SECONDS", 4));
     let rounds = env_u64("SHEP_BENCH_ROUNDS", 3).max(1);
     let w = world(shep_bus::config::Synchronous::Full).await;
     let subjects = Arc::new(subjects_of(&w));
@@ -612,9 +612,9 @@ async fn run() {
     println!(
         "\n\"CPU s/10k all\" counts this process (client, test upstreams and, in (b), the bus) plus, in (c), nginx's \
          master and workers. The bus row includes consent verification (Ed25519, cached per token), identifier checks \
-         and the call's audit record, committed before the answer is released (group commit): (b) with \
-         synchronous=FULL (one fsync per batch: a power cut loses nothing answered), (b') with synchronous=NORMAL \
-         (no fsync per batch: a bus crash loses nothing, a power cut can lose the last batches)."
+         and the call's audit record, written to the journal before the answer is released (group commit): (b) with \
+         synchronous=FULL (one fsync per group: a power cut loses nothing answered), (b') with synchronous=NORMAL \
+         (no fsync per group: a bus crash loses nothing, a power cut the last ~200 ms of answered calls)."
     );
     println!(
         "\none call at a time ({}s per target): the latency a hop adds when nothing queues",

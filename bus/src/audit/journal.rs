@@ -200,6 +200,11 @@ impl Journal {
         Ok(Journal { file, number, len: 0, broken: false })
     }
 
+    /// Waits until what was written is on disk.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
     /// Appends a group of encoded records in one write; with `durable`, waits until they are
     /// on disk. On failure the file is cut back to where it was, so that it never holds a
     /// record that was not acknowledged in front of one that was.

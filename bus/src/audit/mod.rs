@@ -745,14 +745,28 @@ impl Archive {
             }
         }
         let spare = &mut self.spare;
-        let current = writer.with(|w| {
+        let switched = writer.with(|w| {
+            let mut old = None;
             if w.journal.len > 0
                 && let Some(next) = spare.take()
             {
-                w.journal = next;
+                old = Some(std::mem::replace(&mut w.journal, next));
             }
-            w.journal.number
+            (w.journal.number, old)
         });
+        let (current, old) = match switched {
+            Some((c, old)) => (Some(c), old),
+            None => (None, None),
+        };
+        // With `normal` the journal's writes were not synced: the file just closed is, now,
+        // off the commit path, so that a power cut loses at most what the last pass had not
+        // reached (about `MAINTENANCE_EVERY` of calls), even when the move below fails.
+        if let Some(old) = old
+            && !self.durable
+            && let Err(e) = old.sync()
+        {
+            return Some(Err(io_error(&self.path, "cannot sync a closed journal file")(e)));
+        }
         let moved = self.move_journals(current);
         let closed = current.is_none();
         let r = moved.and_then(|n| {
