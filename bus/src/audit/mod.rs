@@ -471,11 +471,9 @@ fn in_transaction<T>(
 }
 
 fn insert_records(conn: &Connection, records: &[AuditRecord]) -> rusqlite::Result<()> {
-    let mut ins = conn.prepare_cached(
-        "INSERT INTO audit (seq, phase, call_seq, message_id, correlation_id, caller, method, subject, token_ids, \
-         decision, reason, grpc_status, received_at_us, duration_us, request_bytes, response_bytes, trace_id, \
-         prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
-    )?;
+    let mut ins = conn.prepare_cached(&format!(
+        "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+    ))?;
     for r in records {
         ins.execute(params![
             r.seq as i64,
