@@ -286,6 +286,14 @@ pub struct UpstreamSettings {
     /// How often each upstream's `grpc.health.v1.Health/Check` is polled, in milliseconds.
     #[serde(default = "default_health_ms")]
     pub health_interval_ms: u64,
+    /// How often the connection to an upstream is pinged (HTTP/2 PING), in milliseconds.
+    #[serde(default = "default_keepalive_ms")]
+    pub keepalive_interval_ms: u64,
+    /// How long a ping may go unanswered before the connection is dropped (and made again
+    /// by the next call), in milliseconds: an upstream behind a dead network path is
+    /// otherwise only found out by each call's deadline.
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
 }
 
 impl Default for UpstreamSettings {
@@ -295,6 +303,8 @@ impl Default for UpstreamSettings {
             default_unary_timeout_ms: default_unary_ms(),
             response_headers_timeout_ms: default_headers_ms(),
             health_interval_ms: default_health_ms(),
+            keepalive_interval_ms: default_keepalive_ms(),
+            keepalive_timeout_ms: default_keepalive_timeout_ms(),
         }
     }
 }
@@ -349,6 +359,14 @@ fn default_headers_ms() -> u64 {
 }
 fn default_health_ms() -> u64 {
     3000
+}
+
+fn default_keepalive_ms() -> u64 {
+    10_000
+}
+
+fn default_keepalive_timeout_ms() -> u64 {
+    5000
 }
 
 /// The upstream systems of the simulated country: id, description, default port, services.

@@ -33,12 +33,6 @@ use crate::config::UpstreamSettings;
 
 type Body = tonic::body::Body;
 
-/// How often an idle or busy connection is pinged, and how long a ping may go unanswered
-/// before the connection is dropped (a half-open TCP connection is otherwise only found
-/// out by a call's deadline).
-const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Why a request did not reach the upstream, or its answer did not come back.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -213,6 +207,8 @@ impl UpstreamClient {
         let closed = Arc::new(AtomicBool::new(false));
         let addr = i.addr.clone();
         let ping = conn.ping_pong();
+        let every = Duration::from_millis(i.settings.keepalive_interval_ms);
+        let patience = Duration::from_millis(i.settings.keepalive_timeout_ms);
         let done = closed.clone();
         tokio::spawn(async move {
             let keepalive = async move {
@@ -220,8 +216,8 @@ impl UpstreamClient {
                     return std::future::pending().await;
                 };
                 loop {
-                    tokio::time::sleep(KEEPALIVE_EVERY).await;
-                    match tokio::time::timeout(KEEPALIVE_TIMEOUT, ping.ping(Ping::opaque())).await {
+                    tokio::time::sleep(every).await;
+                    match tokio::time::timeout(patience, ping.ping(Ping::opaque())).await {
                         Ok(Ok(_)) => {}
                         _ => return,
                     }

@@ -881,6 +881,42 @@ async fn an_upstream_that_comes_back_is_called_again() {
     w.shutdown.trigger();
 }
 
+/// An upstream behind a dead path (nothing passes, nothing closes): the bus's pings go
+/// unanswered, it drops the connection, and the next call connects again instead of
+/// waiting on the dead one until its deadline.
+#[tokio::test]
+async fn an_upstream_behind_a_dead_path_is_dropped_by_keepalive_and_reached_again() {
+    let mut relay = None;
+    let w = World::start(|s| {
+        s.upstream.keepalive_interval_ms = 100;
+        s.upstream.keepalive_timeout_ms = 200;
+        let ul = s.systems.get_mut("gbd-ul").unwrap();
+        let t = std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            Relay::port_of(ul.endpoint.as_deref().unwrap()),
+        ));
+        let r = Relay::start(t);
+        ul.endpoint = Some(format!("https://127.0.0.1:{}", r.port));
+        relay = Some(r);
+    })
+    .await;
+    let relay = relay.unwrap();
+    let mut c = OrganizationRegistryClient::new(w.client("sdu"));
+    let ask = || {
+        let mut r = tonic::Request::new(gbdul::GetOrganizationRequest { bin: bin(1) });
+        r.set_timeout(Duration::from_secs(2));
+        r
+    };
+    c.get_organization(ask()).await.unwrap();
+    assert_eq!(relay.connections(), 1);
+
+    relay.blackhole();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.get_organization(ask()).await.unwrap();
+    assert_eq!(relay.connections(), 2, "the bus connected again");
+    w.shutdown.trigger();
+}
+
 #[tokio::test]
 async fn an_unreachable_upstream_is_unavailable_and_named() {
     let w = World::start(|_| {}).await;

@@ -676,6 +676,10 @@ pub struct Relay {
     pub port: u16,
     accept: tokio::task::AbortHandle,
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// Told to stop passing bytes on the connections relayed so far.
+    hole: Arc<tokio::sync::Notify>,
+    /// The sockets of those connections, held open with nothing passing.
+    _held: Arc<Mutex<Vec<(tokio::net::TcpStream, tokio::net::TcpStream)>>>,
 }
 
 impl Relay {
@@ -704,12 +708,21 @@ impl Relay {
         let port = std_listener.local_addr().unwrap().port();
         let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let t = conns.clone();
+        let hole = Arc::new(tokio::sync::Notify::new());
+        let held: Arc<Mutex<Vec<_>>> = Arc::default();
+        let (t, h, k) = (conns.clone(), hole.clone(), held.clone());
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                let (h, k) = (h.clone(), k.clone());
                 let conn = tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        let holed = tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                            () = h.notified() => true,
+                        };
+                        if holed {
+                            k.lock().unwrap().push((inbound, outbound));
+                        }
                     }
                 });
                 t.lock().unwrap().push(conn.abort_handle());
@@ -719,7 +732,20 @@ impl Relay {
             port,
             accept: accept.abort_handle(),
             conns,
+            hole,
+            _held: held,
         }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.conns.lock().unwrap().len()
+    }
+
+    /// A dead network path: the connections relayed so far stop passing bytes either way,
+    /// their sockets left open (no FIN, no RST); new connections are relayed as before.
+    pub fn blackhole(&self) {
+        self.hole.notify_waiters();
     }
 
     /// Closes the listener and every relayed connection.
