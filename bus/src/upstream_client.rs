@@ -137,7 +137,15 @@ impl UpstreamClient {
             parts.headers.remove(h);
         }
         let conn = self.connection().await?;
-        let mut send = conn.send.ready().await?;
+        let mut send = match conn.send.clone().ready().await {
+            Ok(s) => s,
+            // The connection went away (the upstream restarted, a GOAWAY) before this request
+            // was on it: nothing was sent, so it goes on a new connection.
+            Err(_) => {
+                conn.closed.store(true, Ordering::Release);
+                self.connection().await?.send.ready().await?
+            }
+        };
         let eos = body.is_end_stream();
         let (response, stream) = send.send_request(http::Request::from_parts(parts, ()), eos)?;
         if !eos {
