@@ -543,6 +543,14 @@ async fn run() {
         if !rates.is_empty() {
             eprintln!("{name}: calls/s by round: {}", rates.join(", "));
         }
+        let alone: Vec<String> = results[i]
+            .iter()
+            .filter_map(|b| b.serial.as_ref().ok())
+            .map(|s| format!("{:.3}", ms(s.p50)))
+            .collect();
+        if !alone.is_empty() {
+            eprintln!("{name}: one call alone, p50 ms by round: {}", alone.join(", "));
+        }
     }
     let [direct, bus, bus_normal, nginx] = results.map(median);
 
