@@ -137,18 +137,21 @@ fn record_at(b: &[u8], mut at: usize) -> Result<Option<(AuditRecord, usize)>, St
     Ok(Some((r, at + 1)))
 }
 
+/// The file beside `archive` whose name is the archive's followed by `suffix`.
+fn beside(archive: &Path, suffix: &str) -> PathBuf {
+    let mut name = archive.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    archive.with_file_name(name)
+}
+
 /// Journal file number `number` of the archive at `archive`.
 pub(super) fn file_of(archive: &Path, number: u64) -> PathBuf {
-    let mut name = archive.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".journal.{number:010}"));
-    archive.with_file_name(name)
+    beside(archive, &format!(".journal.{number:010}"))
 }
 
 /// The lock file of the log whose archive is `archive`.
 pub(super) fn lock_file(archive: &Path) -> PathBuf {
-    let mut name = archive.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
-    archive.with_file_name(name)
+    beside(archive, ".lock")
 }
 
 /// The journal files of `archive`, oldest first.

@@ -194,7 +194,7 @@ impl AuditRecord {
     }
 
     fn content_into(&self, out: &mut Vec<u8>) {
-        let put = |out: &mut Vec<u8>, s: &str| journal::put(out, s);
+        use journal::put;
         put(out, &self.seq.to_string());
         put(out, self.phase.as_str());
         put(out, &self.call_seq.to_string());
@@ -351,9 +351,7 @@ pub struct AuditLog {
     sink: Sink,
     depth: Arc<AtomicI64>,
     path: PathBuf,
-    archive: Arc<Mutex<Archive>>,
-    writer: WriterRef,
-    _closer: Arc<Closer>,
+    closer: Arc<Closer>,
 }
 
 /// Closes the log when its last handle is dropped: waits for the writer thread, moves the
@@ -552,14 +550,15 @@ impl Writer {
     /// group's error (the head of the chain then stays where it was).
     fn commit(&mut self, jobs: &mut Vec<Job>) {
         let n = jobs.len() as i64;
-        let (mut seq, mut prev) = self.head.clone();
-        let mut seqs = Vec::with_capacity(jobs.len());
+        let (first, mut prev) = self.head.clone();
+        let mut seq = first;
+        let mut done = Vec::with_capacity(jobs.len());
         self.buf.clear();
-        for j in jobs.iter() {
+        for j in jobs.drain(..) {
             seq += 1;
-            let r = AuditRecord::from_entry(j.entry.clone(), seq, &prev);
+            let r = AuditRecord::from_entry(j.entry, seq, &prev);
             journal::encode(&r, &mut self.buf);
-            seqs.push(seq);
+            done.push(j.done);
             prev = r.hash;
         }
         let written = self.journal.append(&self.buf, self.durable);
@@ -567,15 +566,15 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.head = (seq, prev);
-                for (j, seq) in jobs.drain(..).zip(seqs) {
-                    let _ = j.done.send(Ok(seq));
+                for (d, seq) in done.into_iter().zip(first + 1..) {
+                    let _ = d.send(Ok(seq));
                 }
             }
             Err(e) => {
                 tracing::error!(path = %self.path.display(), error = %e, records = n, "audit records not written; their calls are refused");
                 let why = format!("cannot write the journal: {e}");
-                for j in jobs.drain(..) {
-                    let _ = j.done.send(Err(why.clone()));
+                for d in done {
+                    let _ = d.send(Err(why.clone()));
                 }
             }
         }
@@ -664,6 +663,8 @@ struct Archive {
     durable: bool,
     /// The next journal file, created ahead so that switching to it costs a commit nothing.
     spare: Option<Journal>,
+    /// The number the next journal file gets.
+    next_number: u64,
     /// The last problem logged, so that one that persists is not logged every pass.
     last_problem: Option<String>,
     /// The lock file, held (one bus per log) until the log is closed.
@@ -732,14 +733,12 @@ impl Archive {
     /// connection is its only writer). `None` once the log is closed (everything moved).
     fn pass(&mut self, writer: &WriterRef) -> Option<Result<u64, AuditError>> {
         if self.spare.is_none() {
-            let next = journal::list(&self.path)
-                .map_err(io_error(&self.path, "cannot list its journal files"))
-                .map(|l| l.last().map_or(1, |(g, _)| g + 1));
-            match next.and_then(|g| {
-                Journal::create(&self.path, g, self.durable).map_err(io_error(&self.path, "cannot create a journal file"))
-            }) {
-                Ok(j) => self.spare = Some(j),
-                Err(e) => return Some(Err(e)),
+            match Journal::create(&self.path, self.next_number, self.durable) {
+                Ok(j) => {
+                    self.next_number += 1;
+                    self.spare = Some(j);
+                }
+                Err(e) => return Some(Err(io_error(&self.path, "cannot create a journal file")(e))),
             }
         }
         let spare = &mut self.spare;
@@ -752,10 +751,7 @@ impl Archive {
             }
             (w.journal.number, old)
         });
-        let (current, old) = match switched {
-            Some((c, old)) => (Some(c), old),
-            None => (None, None),
-        };
+        let (current, old) = switched.map_or((None, None), |(c, old)| (Some(c), old));
         // With `normal` the journal's writes were not synced: the file just closed is, now,
         // off the commit path, so that a power cut loses at most what the last pass had not
         // reached (about `MAINTENANCE_EVERY` of calls), even when the move below fails.
@@ -855,6 +851,7 @@ impl AuditLog {
             path: path.clone(),
             durable,
             spare: None,
+            next_number: 1,
             last_problem: None,
             lock: Some(lock),
             closed: false,
@@ -862,7 +859,10 @@ impl AuditLog {
         archive.move_journals(None)?;
         index_subjects(&archive.conn).map_err(sqlite(&path))?;
         let head = head(&archive.conn, &path)?;
-        let journal = Journal::create(&path, 1, durable).map_err(io_error(&path, "cannot create a journal file"))?;
+        // Every journal left was moved and deleted: numbering starts again.
+        let journal = Journal::create(&path, archive.next_number, durable)
+            .map_err(io_error(&path, "cannot create a journal file"))?;
+        archive.next_number += 1;
         let depth = Arc::new(AtomicI64::new(0));
         let writer = Writer {
             journal,
@@ -911,11 +911,11 @@ impl AuditLog {
         let archive = Arc::new(Mutex::new(archive));
         spawn_maintenance(archive.clone(), writer_ref.clone(), MAINTENANCE_EVERY)?;
         let closer = Arc::new(Closer {
-            archive: archive.clone(),
-            writer: writer_ref.clone(),
+            archive,
+            writer: writer_ref,
             writer_thread: Mutex::new(writer_thread),
         });
-        Ok(AuditLog { sink, depth, path, archive, writer: writer_ref, _closer: closer })
+        Ok(AuditLog { sink, depth, path, closer })
     }
 
     /// Appends a record and waits until it is committed; returns its `seq`.
@@ -948,8 +948,8 @@ impl AuditLog {
     /// Moves every record committed so far into the archive now (blocking; the
     /// maintenance thread does it every 200 ms anyway). Returns how many it moved.
     pub fn flush(&self) -> Result<u64, AuditError> {
-        let mut a = self.archive.lock().unwrap_or_else(|p| p.into_inner());
-        let r = a.pass(&self.writer).unwrap_or(Ok(0));
+        let mut a = self.closer.archive.lock().unwrap_or_else(|p| p.into_inner());
+        let r = a.pass(&self.closer.writer).unwrap_or(Ok(0));
         a.report(&r);
         r
     }
@@ -1008,6 +1008,15 @@ impl Pending {
     fn after(self, seq: u64) -> impl Iterator<Item = AuditRecord> {
         self.records.into_iter().filter(move |r| r.seq > seq)
     }
+}
+
+/// What a reader reads: the journal files, then the archive in one read transaction
+/// (one snapshot for everything it asks of it).
+fn snapshot(path: &Path) -> Result<(Pending, Connection), AuditError> {
+    let journal = pending(path)?;
+    let conn = open_read(path)?;
+    conn.execute_batch("BEGIN").map_err(sqlite(path))?;
+    Ok((journal, conn))
 }
 
 fn open_read(path: &Path) -> Result<Connection, AuditError> {
@@ -1120,11 +1129,8 @@ pub fn check_chain<'a>(
 /// Checks the whole chain of the log at `path`, and that the subject index agrees with
 /// the records. Names the first record altered, removed or reordered.
 pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
-    let journal = pending(path)?;
-    let conn = open_read(path)?;
+    let (journal, conn) = snapshot(path)?;
     let s = sqlite(path);
-    // One snapshot for the records, the index and how far it covers them.
-    conn.execute_batch("BEGIN").map_err(&s)?;
     let upto = indexed_upto(&conn).map_err(&s)?;
     let mut stmt = conn
         .prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))
@@ -1205,8 +1211,7 @@ fn indexed_upto(conn: &Connection) -> rusqlite::Result<i64> {
 /// record when there is one (final status, duration, sizes), else its decision record (a
 /// refusal, or a call whose completion was never written).
 pub fn subject_accesses(path: &Path, iin: &str) -> Result<Vec<AuditRecord>, AuditError> {
-    let journal = pending(path)?;
-    let conn = open_read(path)?;
+    let (journal, conn) = snapshot(path)?;
     let s = sqlite(path);
     let cols = COLUMNS
         .split(", ")
@@ -1223,7 +1228,6 @@ pub fn subject_accesses(path: &Path, iin: &str) -> Result<Vec<AuditRecord>, Audi
              ORDER BY 1"
         ))
         .map_err(&s)?;
-    conn.execute_batch("BEGIN").map_err(&s)?;
     let mut rows: Vec<AuditRecord> = stmt
         .query_map(params![iin, upto], row_to_record)
         .map_err(&s)?
@@ -1236,10 +1240,8 @@ pub fn subject_accesses(path: &Path, iin: &str) -> Result<Vec<AuditRecord>, Audi
 
 /// How many records each (caller, method) left, most first: where a run's calls went.
 pub fn records_by_method(path: &Path) -> Result<Vec<(String, String, u64)>, AuditError> {
-    let journal = pending(path)?;
-    let conn = open_read(path)?;
+    let (journal, conn) = snapshot(path)?;
     let s = sqlite(path);
-    conn.execute_batch("BEGIN").map_err(&s)?;
     let mut stmt = conn
         .prepare("SELECT caller, method, count(*) AS n FROM audit GROUP BY caller, method")
         .map_err(&s)?;
@@ -1274,11 +1276,9 @@ pub fn query(
     caller: Option<&str>,
     limit: u32,
 ) -> Result<Vec<AuditRecord>, AuditError> {
-    let journal = pending(path)?;
-    let conn = open_read(path)?;
+    let (journal, conn) = snapshot(path)?;
     let s = sqlite(path);
     let lim: i64 = if limit == 0 { -1 } else { limit as i64 };
-    conn.execute_batch("BEGIN").map_err(&s)?;
     let mut stmt = conn
         .prepare(&format!(
             "SELECT {COLUMNS} FROM audit WHERE seq > ?1 AND (?2 IS NULL OR caller = ?2) ORDER BY seq LIMIT ?3"
