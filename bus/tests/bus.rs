@@ -738,14 +738,7 @@ async fn cancelling_a_call_cancels_it_upstream() {
 async fn an_upstream_dying_mid_stream_ends_the_stream_unavailable_and_recorded() {
     // GBD UL is reached through a relay; killing it is GBD UL's process dying.
     let mut relay = None;
-    let w = World::start(|s| {
-        let ul = s.systems.get_mut("gbd-ul").unwrap();
-        let target = Relay::port_of(ul.endpoint.as_deref().unwrap());
-        let r = Relay::start(std::net::SocketAddr::from(([127, 0, 0, 1], target)));
-        ul.endpoint = Some(format!("https://127.0.0.1:{}", r.port));
-        relay = Some(r);
-    })
-    .await;
+    let w = World::start(|s| relay = Some(Relay::in_front_of(s, "gbd-ul").0)).await;
     let relay = relay.unwrap();
     let mut c = OrganizationRegistryClient::new(w.client("sdu"));
     let mut s = c
@@ -837,21 +830,9 @@ async fn a_rotated_bus_certificate_is_presented_to_upstreams_without_a_restart()
 async fn an_upstream_that_comes_back_is_called_again() {
     // GBD UL behind a relay: killing the relay is GBD UL going away, a new relay on the
     // same port is GBD UL back.
-    let mut relay = None;
-    let mut target = None;
-    let w = World::start(|s| {
-        let ul = s.systems.get_mut("gbd-ul").unwrap();
-        let t = std::net::SocketAddr::from((
-            [127, 0, 0, 1],
-            Relay::port_of(ul.endpoint.as_deref().unwrap()),
-        ));
-        let r = Relay::start(t);
-        ul.endpoint = Some(format!("https://127.0.0.1:{}", r.port));
-        relay = Some(r);
-        target = Some(t);
-    })
-    .await;
-    let (relay, target) = (relay.unwrap(), target.unwrap());
+    let mut relayed = None;
+    let w = World::start(|s| relayed = Some(Relay::in_front_of(s, "gbd-ul"))).await;
+    let (relay, target) = relayed.unwrap();
     let mut c = OrganizationRegistryClient::new(w.client("sdu"));
     let ask = || gbdul::GetOrganizationRequest { bin: bin(1) };
     c.get_organization(ask()).await.unwrap();
@@ -890,14 +871,7 @@ async fn an_upstream_behind_a_dead_path_is_dropped_by_keepalive_and_reached_agai
     let w = World::start(|s| {
         s.upstream.keepalive_interval_ms = 100;
         s.upstream.keepalive_timeout_ms = 200;
-        let ul = s.systems.get_mut("gbd-ul").unwrap();
-        let t = std::net::SocketAddr::from((
-            [127, 0, 0, 1],
-            Relay::port_of(ul.endpoint.as_deref().unwrap()),
-        ));
-        let r = Relay::start(t);
-        ul.endpoint = Some(format!("https://127.0.0.1:{}", r.port));
-        relay = Some(r);
+        relay = Some(Relay::in_front_of(s, "gbd-ul").0);
     })
     .await;
     let relay = relay.unwrap();

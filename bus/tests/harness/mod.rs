@@ -756,8 +756,21 @@ impl Relay {
         }
     }
 
+    /// Puts a new relay in front of `system` in `s`: the bus reaches the system through it.
+    /// Returns the relay and the system's own address.
+    pub fn in_front_of(s: &mut BusSettings, system: &str) -> (Relay, SocketAddr) {
+        let sys = s.systems.get_mut(system).unwrap();
+        let target = SocketAddr::from((
+            [127, 0, 0, 1],
+            Relay::port_of(sys.endpoint.as_deref().unwrap()),
+        ));
+        let relay = Relay::start(target);
+        sys.endpoint = Some(format!("https://127.0.0.1:{}", relay.port));
+        (relay, target)
+    }
+
     /// The port of an `https://host:port` endpoint.
-    pub fn port_of(endpoint: &str) -> u16 {
+    fn port_of(endpoint: &str) -> u16 {
         endpoint.rsplit(':').next().unwrap().parse().unwrap()
     }
 }
